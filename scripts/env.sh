@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates (once) the project's virtualenv in .venv and installs toyformer into it.
+# Sourced by demo.sh and test.sh; safe to run again: it only installs what is missing.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+stamp="$venv/.toyformer-installed"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  # torch first and pinned, so that pip takes the local CPU build where one exists instead of a CUDA wheel.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev]"
+  touch "$stamp"
+fi
+export PATH="$venv/bin:$PATH"

@@ -1,0 +1,54 @@
+"""A recipe's claims checked against its run: ``{"name", "ok", "measured", "expected"}`` per claim.
+
+Sides of a claim are sums and differences of names and numbers, e.g. ``"wv_same_topic - wv_diff_topic"``; a bare
+name reads the run's ``final`` metrics, ``theory.x`` reads the theory's prediction ``x``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+from toyformer.config import Claim
+
+_TOKEN = re.compile(r"\s*([+-])?\s*([A-Za-z_][\w.]*|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)")
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def parse_terms(text: str) -> list[tuple[float, str]]:
+    """'a - b + 2' → [(1, 'a'), (-1, 'b'), (1, '2')]; raises ValueError on anything else."""
+    terms, pos = [], 0
+    while pos < len(text.rstrip()):
+        m = _TOKEN.match(text, pos)
+        if m is None or (terms and m.group(1) is None):
+            raise ValueError(f"cannot read {text!r}: write names and numbers joined by + and -")
+        terms.append((-1.0 if m.group(1) == "-" else 1.0, m.group(2)))
+        pos = m.end()
+    return terms
+
+
+def value(text: str, final: dict, theory: dict) -> float | None:
+    total = 0.0
+    for sign, term in parse_terms(text):
+        if term[0].isdigit():
+            total += sign * float(term)
+            continue
+        source, key = (theory, term[7:]) if term.startswith("theory.") else (final, term)
+        x = source.get(key)
+        if x is None:
+            return None
+        total += sign * float(x)
+    return total
+
+
+def check(claim: Claim, final: dict, theory: dict) -> dict:
+    left, right = value(claim.left, final, theory), value(claim.right, final, theory)
+    expected = f"{claim.left} {claim.op} {claim.factor:g}·({claim.right})" if claim.factor != 1 else (
+        f"{claim.left} {claim.op} {claim.right}")
+    if claim.op == "close":
+        scale = value(claim.scale, final, theory) if claim.scale else right
+        expected = f"|{claim.left} − ({claim.right})| <= {claim.rel:g}·|{claim.scale or claim.right}|"
+        ok = None not in (left, right, scale) and abs(left - right) <= claim.rel * abs(scale)
+        return {"name": claim.name, "ok": bool(ok), "measured": left, "expected": expected, "reference": right}
+    ok = left is not None and right is not None and _OPS[claim.op](left, claim.factor * right)
+    return {"name": claim.name, "ok": bool(ok), "measured": left, "expected": expected, "reference": right}

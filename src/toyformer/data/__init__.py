@@ -1,0 +1,1 @@
+"""Generators of data with known structure."""

@@ -1,0 +1,131 @@
+"""Topic-model (LDA) documents, spec §1: T topics over a word vocabulary, a topic mixture θ per document, words
+drawn i.i.d. from the document's word distribution μ_θ = θ·Φ. Vectorised over documents, on any device.
+
+Token layout (official): PAD=0, MASK=1, START=2, END=3, word k = k + 4; a document is START words END, padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from toyformer.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig, num_ids
+from toyformer.data.batch import Batch
+from toyformer.random import dirichlet
+
+
+def topic_word_matrix(cfg: DataConfig, dtype=torch.float64) -> torch.Tensor:
+    """Φ, (T, n_words): row t is topic t's distribution over words; rows sum to one.
+
+    Topics own consecutive blocks of words (sizes from ``topic_sizes`` or v each); with ``overlap = m`` topic t also
+    owns the first m words of topic t+1's block (cyclically). Inside a topic, words are uniform or Zipfian in their
+    order of appearance.
+    """
+    sizes = cfg.sizes
+    phi = torch.zeros(cfg.num_topics, cfg.num_words, dtype=dtype)
+    starts = [sum(sizes[:t]) for t in range(cfg.num_topics)]
+    for t, (start, size) in enumerate(zip(starts, sizes, strict=True)):
+        nxt = (t + 1) % cfg.num_topics
+        words = list(range(start, start + size))
+        if cfg.overlap and nxt != t:
+            words += list(range(starts[nxt], starts[nxt] + cfg.overlap))
+        ranks = torch.arange(1, len(words) + 1, dtype=dtype)
+        weights = ranks ** -cfg.zipf_exponent if cfg.word_dist == "zipf" else torch.ones_like(ranks)
+        phi[t, words] = weights / weights.sum()
+    return phi
+
+
+def id_topics(cfg: DataConfig) -> torch.Tensor:
+    """(n_ids, T) bool: which topics each id belongs to (specials and topic-less words: none)."""
+    z = torch.zeros(num_ids(cfg), cfg.num_topics, dtype=torch.bool)
+    z[NUM_SPECIALS:] = (topic_word_matrix(cfg) > 0).T
+    return z
+
+
+def topic_block_matrix(cfg: DataConfig) -> torch.Tensor:
+    """The 0/1 matrix over ids that is 1 where two words share a topic (the regime-C value matrix)."""
+    z = id_topics(cfg).double()
+    return (z @ z.T > 0).double()
+
+
+def sample_mixtures(cfg: DataConfig, n: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """θ, (n, T): Dirichlet(α·1) or τ distinct topics chosen uniformly, each weighted 1/τ."""
+    if cfg.mixture == "dirichlet":
+        return dirichlet(torch.full((n, cfg.num_topics), cfg.alpha, device=device), gen)
+    order = torch.rand(n, cfg.num_topics, generator=gen, device=device).argsort(dim=1)
+    theta = torch.zeros(n, cfg.num_topics, dtype=torch.float64, device=device)
+    return theta.scatter_(1, order[:, : cfg.tau], 1.0 / cfg.tau)
+
+
+@dataclass
+class Documents:
+    ids: torch.Tensor  # (n, L) uncorrupted ids in the official layout, PAD after the end
+    lengths: torch.Tensor  # (n,) number of words (START/END not counted)
+    theta: torch.Tensor  # (n, T) topic mixtures
+
+
+def sample_documents(cfg: DataConfig, n: int, gen: torch.Generator, device="cpu") -> Documents:
+    phi = topic_word_matrix(cfg).to(device)
+    theta = sample_mixtures(cfg, n, gen, device)
+    mu = theta @ phi  # (n, n_words)
+    lengths = torch.randint(cfg.doc_len_min, cfg.doc_len_max + 1, (n,), generator=gen, device=device)
+    words = torch.multinomial(mu, cfg.doc_len_max, replacement=True, generator=gen) + NUM_SPECIALS
+    pos = torch.arange(cfg.doc_len_max, device=device)
+    words = torch.where(pos < lengths[:, None], words, PAD)
+    if not cfg.start_end:
+        return Documents(words, lengths, theta)
+    ids = torch.full((n, cfg.doc_len_max + 2), PAD, dtype=torch.long, device=device)
+    ids[:, 0] = START
+    ids[:, 1:-1] = words
+    ids.scatter_(1, (lengths + 1)[:, None], END)
+    return Documents(ids, lengths, theta)
+
+
+def corrupt(ids: torch.Tensor, cfg: MaskingConfig, n_ids: int, gen: torch.Generator) -> Batch:
+    """MLM corruption, spec §2: select word positions with p_m (re-drawn until each document has one); a
+    selected token becomes [MASK], a random token, or stays, with probabilities mask/random/keep_prob."""
+    is_word = ids >= NUM_SPECIALS
+    selected = (torch.rand(ids.shape, generator=gen, device=ids.device) < cfg.select_prob) & is_word
+    redo = ~selected.any(1) & is_word.any(1)
+    while bool(redo.any()):  # rare: P(no selection) = (1 - p_m)^N
+        rows = redo.nonzero().squeeze(1)
+        draw = torch.rand((len(rows), ids.shape[1]), generator=gen, device=ids.device) < cfg.select_prob
+        selected[rows] = draw & is_word[rows]
+        redo = ~selected.any(1) & is_word.any(1)
+    action = torch.rand(ids.shape, generator=gen, device=ids.device)
+    low = 0 if cfg.random_pool == "all" else NUM_SPECIALS
+    random_ids = torch.randint(low, n_ids, ids.shape, generator=gen, device=ids.device)
+    inputs = torch.where(selected & (action < cfg.mask_prob), MASK, ids)
+    is_random = selected & (action >= cfg.mask_prob) & (action < cfg.mask_prob + cfg.random_prob)
+    inputs = torch.where(is_random, random_ids, inputs)
+    keys = ids != PAD
+    if cfg.drop_masked_keys:
+        dropped = keys & ~selected
+        keys = torch.where(dropped.any(1, keepdim=True), dropped, keys)  # never leave a document without keys
+    key_bias = torch.zeros(ids.shape, device=ids.device).masked_fill_(~keys, float("-inf"))
+    return Batch(inputs, key_bias, labels=ids, weight=selected.float())
+
+
+def population_batch(theta: torch.Tensor, data: DataConfig, masking: MaskingConfig) -> Batch:
+    """The N → ∞ limit of a batch of documents with mixtures θ, with the corruption averaged exactly.
+
+    Every id appears once as a position (id k at position k). Keys are the words, weighted by the document's word
+    distribution μ_θ through ``key_bias = log μ``: softmax attention over them is then exactly the attention over an
+    infinitely long document. Each position is a query; ``soft`` holds the expected loss weight of every (query id,
+    target word) pair under the corruption: [MASK] with p_mask·μ(w); the word itself kept with p_c·μ(w); any id of
+    the random pool with p_r·μ(w)/|pool|. Each document's weights sum to one.
+    """
+    n, v = theta.shape[0], num_ids(data)
+    mu_words = (theta @ topic_word_matrix(data).to(theta)).float()
+    mu = torch.zeros(n, v, device=theta.device)
+    mu[:, NUM_SPECIALS:] = mu_words
+    ids = torch.arange(v, device=theta.device).expand(n, v)
+    key_bias = torch.log(mu)  # -inf off the support: specials and absent words are not keys
+    pool = torch.zeros(v, device=theta.device)
+    pool[0 if masking.random_pool == "all" else NUM_SPECIALS :] = 1.0
+    pool = pool / pool.sum()
+    soft = masking.random_prob * pool[None, :, None] * mu[:, None, :]  # (n, query id, target id)
+    soft[:, MASK, :] += masking.mask_prob * mu
+    soft += masking.keep_prob * torch.diag_embed(mu)
+    return Batch(ids, key_bias, soft=soft)

@@ -1,0 +1,67 @@
+"""The training stream of the topic experiments: batch = f(seed, step), fixed splits or fresh documents.
+
+Fixed split (official): ``train_docs`` documents drawn once, their masks drawn once (static) or per step; each
+epoch visits them in a seeded order. Stream: fresh documents every step. Either way a batch depends only on
+(seed, step), so a resumed run sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toyformer.config import ExperimentConfig, num_ids
+from toyformer.data.batch import Batch
+from toyformer.data.lda import Documents, corrupt, population_batch, sample_documents, sample_mixtures
+from toyformer.random import generator
+
+
+class TopicStream:
+    def __init__(self, cfg: ExperimentConfig, device: str | torch.device = "cpu"):
+        self.cfg, self.device, self.seed = cfg, torch.device(device), cfg.seed
+        self.n_ids = num_ids(cfg.data)
+        self.batch_size = cfg.train.batch_size
+        self.dev = self._make("dev", cfg.data.dev_docs)
+        self.train = self._make("train", cfg.data.train_docs) if cfg.data.split == "fixed" else None
+        if self.train is not None and len(self.train) < self.batch_size:
+            from toyformer.config import ConfigError
+
+            raise ConfigError(
+                f"data.train_docs ({len(self.train)}) must be >= train.batch_size ({self.batch_size})"
+            )
+
+    def _gen(self, purpose: str, step: int = 0) -> torch.Generator:
+        return generator(self.seed, purpose, step, self.device)
+
+    def _make(self, split: str, n: int) -> Batch:
+        """A fixed split as a batch: corrupted with masks drawn once (population mode: mixtures only)."""
+        data, masking = self.cfg.data, self.cfg.masking
+        if data.population:
+            return population_batch(sample_mixtures(data, n, self._gen(f"{split}-docs"), self.device), data, masking)
+        docs = sample_documents(data, n, self._gen(f"{split}-docs"), self.device)
+        return corrupt(docs.ids, masking, self.n_ids, self._gen(f"{split}-mask"))
+
+    def batch(self, step: int) -> Batch:
+        data, masking, b = self.cfg.data, self.cfg.masking, self.batch_size
+        if self.train is None:
+            if data.population:
+                theta = sample_mixtures(data, b, self._gen("docs", step), self.device)
+                return population_batch(theta, data, masking)
+            ids = sample_documents(data, b, self._gen("docs", step), self.device).ids
+            return corrupt(ids, masking, self.n_ids, self._gen("mask", step))
+        per_epoch = len(self.train) // b
+        epoch, k = divmod(step, per_epoch)
+        order = torch.randperm(len(self.train), generator=self._gen("order", epoch), device=self.device)
+        rows = order[k * b : (k + 1) * b]
+        picked = Batch(
+            self.train.ids[rows],
+            self.train.key_bias[rows],
+            *(None if t is None else t[rows] for t in (self.train.labels, self.train.weight, self.train.soft)),
+        )
+        if masking.static or data.population:
+            return picked
+        return corrupt(picked.labels, masking, self.n_ids, self._gen("mask", step))
+
+    def probe_documents(self) -> Documents:
+        """Uncorrupted dev documents for the attention statistics and attention maps."""
+        n = min(self.cfg.probes.docs, self.cfg.data.dev_docs)
+        return sample_documents(self.cfg.data, n, self._gen("dev-docs"), self.device)

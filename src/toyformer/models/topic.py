@@ -1,0 +1,152 @@
+"""The topic-structure model, spec §4: one-layer, one-head attention over a bag of words, with switches.
+
+For (corrupted) one-hot inputs x̃_j:
+    h_j = E x̃_j;   s_ij = (W^Q h_i)ᵀ(W^K h_j)/√d_head + key_bias_j;   α_ij = softmax_j(s_ij);
+    out_i = Σ_h W^O_h Σ_j α_ij (W^V_h h_j + b^V_h);   logits_i = W^U out_i (+ b^U)
+No positions. Switches add a residual stream, post-attention LayerNorm, a GELU FFN, more layers and heads.
+Weights follow the maths with TransformerLens shapes: W_E [n_ids, d_model], W_Q/W_K/W_V [n_heads, d_model, d_head],
+W_O [n_heads, d_head, d_model], W_U [d_model, n_ids]. "Uniform" attention is W^Q = W^K = 0 held fixed: it is
+computed as the key-weighted mean of the inputs, once per document, since every query then sees the same mixture.
+
+A sequence of length 1 stands for a sequence whose positions are all equal (what uniform attention without a
+residual produces); attention over it returns its value, whatever the key mask, which is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toyformer.config import ModelConfig
+
+GROUP_OF = {"W_E": "embedding", "W_Q": "query", "W_K": "key", "W_V": "value", "b_V": "value", "W_O": "output",
+            "b_O": "output", "W_U": "decoder", "b_U": "decoder", "ln": "norm", "ffn": "ffn"}
+
+
+def param_group(name: str) -> str:
+    """The freeze/probe group of a parameter name ('blocks.0.attn.W_V' → 'value')."""
+    for part in reversed(name.split(".")):
+        if part in GROUP_OF:
+            return GROUP_OF[part]
+    raise KeyError(name)
+
+
+class Initializer:
+    """Fills weights by preset name from one seeded generator (spec §4: default, BERT, small, zero, identity, …)."""
+
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator, topic_block: torch.Tensor | None):
+        self.cfg, self.gen, self.topic_block = cfg, gen, topic_block
+
+    def __call__(self, shape: tuple[int, ...], how: str, fan_in: int) -> torch.Tensor:
+        if how == "default":  # PyTorch's nn.Linear default, as in the official code
+            bound = 1.0 / math.sqrt(fan_in)
+            return (torch.rand(shape, generator=self.gen) * 2 - 1) * bound
+        if how == "bert":
+            return torch.randn(shape, generator=self.gen) * 0.02
+        if how == "small":
+            w = torch.randn(shape, generator=self.gen) * self.cfg.init_scale
+            return w if self.cfg.init_centered else w.abs()
+        if how == "zero":
+            return torch.zeros(shape)
+        if how == "identity":
+            return torch.eye(shape[-1]).expand(shape).clone()
+        if how == "topic_block":
+            return self.topic_block.float().expand(shape).clone()
+        raise ValueError(how)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, d_model: int, d_head: int, init: Initializer):
+        super().__init__()
+        h = cfg.n_heads
+        self.uniform = cfg.attention == "uniform"
+        self.d_head = d_head
+        if not self.uniform:
+            self.W_Q = nn.Parameter(init((h, d_model, d_head), cfg.qk_init, d_model))
+            self.W_K = nn.Parameter(init((h, d_model, d_head), cfg.qk_init, d_model))
+        self.W_V = nn.Parameter(init((h, d_model, d_head), cfg.value_init, d_model))
+        self.b_V = nn.Parameter(torch.zeros(h, d_head), requires_grad=cfg.value_bias)
+        if cfg.output == "identity":
+            self.register_buffer("W_O", torch.eye(d_model).reshape(h, d_head, d_model))
+        else:
+            self.W_O = nn.Parameter(init((h, d_head, d_model), cfg.output_init, h * d_head))
+
+    def pattern(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """α, (B, H, Lq, L): Lq = 1 for uniform attention (the same row for every query)."""
+        if self.uniform:
+            return torch.softmax(key_bias, dim=-1)[:, None, None, :].expand(-1, self.W_V.shape[0], -1, -1)
+        q = torch.einsum("bld,hde->bhle", x, self.W_Q)  # (B, H, L, d_head)
+        k = torch.einsum("bld,hde->bhle", x, self.W_K)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head) + key_bias[:, None, None, :]
+        return torch.softmax(scores, dim=-1)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[1] == 1:
+            key_bias = torch.zeros_like(key_bias[:, :1])  # all keys equal: one key with weight one
+        pattern = self.pattern(x, key_bias)
+        # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
+        mixed = pattern @ x[:, None]  # (B, H, Lq, d_model)
+        z = torch.einsum("bhld,hde->bhle", mixed, self.W_V) + self.b_V[None, :, None, :]
+        return torch.einsum("bhle,hed->bld", z, self.W_O), pattern
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, d_model: int, d_head: int, init: Initializer):
+        super().__init__()
+        self.residual = cfg.residual
+        self.attn = Attention(cfg, d_model, d_head, init)
+        self.ln = nn.ModuleList([nn.LayerNorm(d_model) for _ in range(2)]) if cfg.layer_norm else None
+        d_ffn = cfg.d_ffn or 4 * d_model
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Linear(d_ffn, d_model)) if cfg.ffn else None
+
+    def _add(self, x: torch.Tensor, update: torch.Tensor, norm: int) -> torch.Tensor:
+        x = x + update if self.residual else update
+        return self.ln[norm](x) if self.ln is not None else x
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        update, pattern = self.attn(x, key_bias)
+        x = self._add(x, update, 0)
+        if self.ffn is not None:
+            x = self._add(x, self.ffn(x), 1)
+        return x, pattern
+
+
+class TopicTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_ids: int, gen: torch.Generator, topic_block: torch.Tensor | None = None):
+        super().__init__()
+        d_model = cfg.d_model or n_ids
+        d_head = cfg.d_head or d_model // cfg.n_heads
+        init = Initializer(cfg, gen, topic_block)
+        emb = torch.eye(n_ids) if cfg.embedding == "onehot" else init((n_ids, d_model), cfg.embedding_init, n_ids)
+        self.W_E = nn.Parameter(emb)
+        self.blocks = nn.ModuleList([Block(cfg, d_model, d_head, init) for _ in range(cfg.n_layers)])
+        self.decoder = cfg.decoder
+        if cfg.decoder == "trained":
+            self.W_U = nn.Parameter(init((d_model, n_ids), "default", d_model))
+        self.b_U = nn.Parameter(torch.zeros(n_ids), requires_grad=cfg.decoder_bias)
+        for name, p in self.named_parameters():
+            if param_group(name) in cfg.freeze:
+                p.requires_grad_(False)
+
+    def unembed(self) -> torch.Tensor:
+        """W_U as a (d_model, n_ids) matrix, whatever the decoder switch."""
+        if self.decoder == "trained":
+            return self.W_U
+        if self.decoder == "tied":
+            return self.W_E.T
+        return torch.eye(self.W_E.shape[1], device=self.W_E.device)
+
+    def forward(
+        self, ids: torch.Tensor, key_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """logits (B, Lq, n_ids), Lq = L or 1 (every position alike), and each layer's pattern (B, H, Lq, L)."""
+        x = F.embedding(ids, self.W_E)  # (B, L, d_model)
+        patterns = []
+        for block in self.blocks:
+            x, pattern = block(x, key_bias)
+            patterns.append(pattern)
+        logits = x if self.decoder == "identity" else x @ self.unembed()
+        return logits + self.b_U, patterns

@@ -1,0 +1,148 @@
+"""What is measured on a topic model over training, spec §6. Each probe is a small object with one method,
+``measure(model) -> {name: number}``; all are vectorised (no loops over tokens or token pairs).
+
+Matrices are read in id space, whatever the width: the embedding Gram W_E W_Eᵀ; the OV circuit W_E W_V W_O W_U
+(in regime B this is W^V itself; in regime A with a tied decoder it is EEᵀ); the QK circuit W_E W_Q W_Kᵀ W_Eᵀ.
+Layer 0 is read: OV summed over heads (the layer's total map), QK averaged over heads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toyformer.config import PAD
+from toyformer.data.batch import Batch
+from toyformer.data.lda import Documents
+from toyformer.models.topic import TopicTransformer, param_group
+from toyformer.theory.topic import class_means
+from toyformer.train.losses import mlm_loss
+
+
+def ov_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor:
+    attn = model.blocks[layer].attn
+    ov = torch.einsum("hde,hef->df", attn.W_V, attn.W_O)
+    return model.W_E @ ov @ model.unembed()
+
+
+def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
+    attn = model.blocks[layer].attn
+    if attn.uniform:
+        return None
+    qk = torch.einsum("hde,hfe->df", attn.W_Q, attn.W_K) / attn.W_Q.shape[0]
+    return model.W_E @ qk @ model.W_E.T
+
+
+class CircuitStructure:
+    """Block contrast of E, W^V (and its column Gram W^VᵀW^V), and W_QᵀW_K: class means over word pairs."""
+
+    def __init__(self, classes: dict[str, torch.Tensor]):
+        self.classes = classes
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        ov = ov_circuit(model)
+        out = class_means(model.W_E @ model.W_E.T, self.classes, "emb")
+        out |= class_means(ov, self.classes, "wv")
+        out |= class_means(ov.T @ ov, self.classes, "wv_gram")
+        qk = qk_circuit(model)
+        if qk is not None:
+            out |= class_means(qk, self.classes, "qk")
+        return out
+
+
+def attention_class_means(pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor) -> dict[str, float]:
+    """Mean attention per class of ordered token pairs (i, j), i = j included, each value scaled by n/100 (n = the
+    number of keys of the query) so that uniform attention reads 0.01.
+
+    pattern: (B, Lq, L) with Lq = L or 1 (every query alike); ids: (B, L) with PAD after the end;
+    id_topics: (V, T) bool. Classes: empty (either token has no topic), else same token, else same topic (topic
+    sets intersect), else different topic.
+    """
+    b, n = ids.shape
+    pattern = pattern.expand(b, n, n)
+    valid = ids != PAD
+    z = id_topics[ids].float()  # (B, L, T)
+    has = z.any(-1)
+    scale = valid.sum(1).float()[:, None, None] / 100.0
+    scaled = pattern * scale
+    pair_ok = valid[:, :, None] & valid[:, None, :]
+    topical = pair_ok & has[:, :, None] & has[:, None, :]
+    same_token = topical & (ids[:, :, None] == ids[:, None, :])
+    same_topic = topical & ~same_token & (z @ z.transpose(1, 2) > 0)
+    classes = {"same_token": same_token, "same_topic": same_topic, "diff_topic": topical & ~same_token & ~same_topic,
+               "empty": pair_ok & ~topical}
+    return {f"attn_{k}": float(scaled[m].mean()) for k, m in classes.items() if m.any()}
+
+
+class AttentionClasses:
+    """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents."""
+
+    def __init__(self, docs: Documents, id_topics: torch.Tensor):
+        self.ids = docs.ids
+        self.id_topics = id_topics.to(docs.ids.device)
+        self.key_bias = torch.zeros(docs.ids.shape, device=docs.ids.device).masked_fill_(docs.ids == PAD, -torch.inf)
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        _, patterns = model(self.ids, self.key_bias)
+        return attention_class_means(patterns[0].mean(1), self.ids, self.id_topics)
+
+
+class Norms:
+    """Per component: norm, distance from initialisation and (when a gradient is present) gradient norm."""
+
+    def __init__(self, init_state: dict[str, torch.Tensor]):
+        self.init_state = init_state
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            group = param_group(name)
+            parts = {"norm": p, "dist": p - self.init_state[name].to(p.device)}
+            if p.grad is not None:
+                parts["grad"] = p.grad
+            for kind, t in parts.items():
+                key = f"{kind}_{group}"
+                sums[key] = sums.get(key, 0.0) + float((t.double() ** 2).sum())
+        return {k: v**0.5 for k, v in sums.items()}
+
+
+class DevLoss:
+    """The loss on the fixed, corrupted dev split, in chunks so that explicit attention fits in memory."""
+
+    def __init__(self, dev: Batch, loss: str, chunk: int = 250):
+        self.dev, self.loss, self.chunk = dev, loss, chunk
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        total, weight = 0.0, 0.0
+        for start in range(0, len(self.dev), self.chunk):
+            part = self.dev.slice(start, start + self.chunk)
+            w = float(part.soft.sum() if part.soft is not None else part.weight.sum())
+            total += float(mlm_loss(model(part.ids, part.key_bias)[0], part, self.loss)) * w
+            weight += w
+        return {"loss_dev": total / weight}
+
+
+def centred_words(m: torch.Tensor, classes: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The word×word block with each column's mean removed: what a trained bias leaves identified."""
+    words = classes["same_word"].diagonal()
+    block = m[words][:, words].double()
+    return block - block.mean(0, keepdim=True)
+
+
+class OptimumDistance:
+    """Relative distance of the learned OV circuit from the closed-form optimum, on identified (column-centred)
+    word blocks: ‖P(W − W*)‖ / ‖P W*‖."""
+
+    def __init__(self, optimum: torch.Tensor, classes: dict[str, torch.Tensor]):
+        self.classes = classes
+        self.target = centred_words(optimum, classes)
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        learned = centred_words(ov_circuit(model).cpu(), self.classes)
+        return {"dist_optimum": float((learned - self.target).norm() / self.target.norm())}

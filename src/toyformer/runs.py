@@ -1,0 +1,165 @@
+"""The run directory (design: contracts): config.toml, meta.json, metrics.jsonl, summary.json, checkpoints/,
+figures/. Every file but the append-only metrics log is written atomically (temporary file, fsync, rename), so a
+crash or SIGKILL never leaves a corrupt checkpoint or summary; a run is complete exactly when summary.json exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toyformer.config import ConfigError, ExperimentConfig, validate
+
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    names = ["toyformer", "torch", "numpy", "pydantic", "matplotlib"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class Run:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- creation and loading ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: ExperimentConfig, out: Path | None = None, root: Path = Path("runs")) -> Run:
+        if out is None:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            out = root / f"{cfg.name.replace('/', '-')}-s{cfg.seed}-{stamp}"
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")
+        run = cls(out)
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "figures").mkdir(exist_ok=True)
+        atomic_write(out / "config.toml", cfg.dump())
+        meta = {"status": "running", "name": cfg.name, "seed": cfg.seed, "device": cfg.device,
+                "git_commit": _git_commit(), "versions": _versions(), "torch_threads": torch.get_num_threads(),
+                "started": _now()}
+        run.write_meta(meta)
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> Run:
+        run = cls(Path(path))
+        if not (run.path / "config.toml").is_file():
+            raise ConfigError(f"{path}: not a run directory (no config.toml)")
+        return run
+
+    def config(self) -> ExperimentConfig:
+        return validate(tomllib.loads((self.path / "config.toml").read_text()))
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / "summary.json").is_file()
+
+    # -- meta and summary --------------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / "meta.json").read_text())
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write(self.path / "meta.json", json.dumps(meta, indent=2))
+
+    def update_meta(self, **fields: Any) -> None:
+        self.write_meta(self.meta() | fields)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write(self.path / "summary.json", json.dumps(summary, indent=2))
+        self.update_meta(status="complete", finished=_now())
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.path / "summary.json").read_text())
+
+    # -- metrics -----------------------------------------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """All complete records (a line cut short by a kill is skipped)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return out
+
+    def truncate_metrics(self, before_step: int) -> None:
+        """Keep only the records of steps before ``before_step`` (a resumed run recomputes the rest)."""
+        keep = [r for r in self.metrics() if r["step"] < before_step]
+        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        atomic_save(self.path / "checkpoints" / f"step-{step:08d}.pt", state)
+
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.path / "checkpoints").glob("step-*.pt"))
+
+    def load_checkpoint(self, path: Path | None = None) -> dict[str, Any] | None:
+        paths = self.checkpoints()
+        if path is None and not paths:
+            return None
+        return torch.load(path or paths[-1], map_location="cpu", weights_only=False)

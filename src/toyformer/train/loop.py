@@ -1,0 +1,80 @@
+"""The shared training loop: batches as a function of the step, probes on a log-spaced schedule, checkpoints
+(model, optimizer, RNG state and the running loss) at log-spaced steps and at the end, exact resume.
+
+Step s of the loop computes the gradient of batch s on the model after s updates; a probe at step s reads that
+model (and that gradient), then the update is applied. A checkpoint "at step s" holds the state after s updates, so
+resuming from it recomputes step s exactly as the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from toyformer.data.batch import Batch
+from toyformer.runs import Run
+
+
+def log_schedule(total: int, count: int) -> list[int]:
+    """0, ``count`` roughly log-spaced steps in [1, total], and ``total``; sorted, without repeats."""
+    steps = np.unique(np.round(np.geomspace(1, max(total, 1), count)).astype(int))
+    return sorted({0, total, *(int(s) for s in steps if s <= total)})
+
+
+@dataclass
+class Loop:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: Callable[[int], Batch]
+    loss: Callable[[torch.nn.Module, Batch], torch.Tensor]
+    probe: Callable[[int, float], dict]  # (step, mean train loss since the last probe) → metrics record
+    steps: int
+    probe_steps: list[int]
+    checkpoint_steps: list[int]
+    run: Run
+    on_step: Callable[[int, dict | None], None] = lambda step, record: None
+    running: list[float] = field(default_factory=lambda: [0.0, 0.0])  # train-loss sum and count since last probe
+
+    def state(self, step: int) -> dict:
+        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "running": list(self.running)}
+
+    def restore(self, state: dict) -> int:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.running = list(state["running"])
+        self.run.truncate_metrics(state["step"])
+        return state["step"]
+
+    def __call__(self, start: int = 0) -> None:
+        probe_at, checkpoint_at = set(self.probe_steps), set(self.checkpoint_steps)
+        if start == 0:
+            self.run.save_checkpoint(0, self.state(0))
+        device = next(self.model.parameters()).device
+        loss_sum = torch.full((), self.running[0], dtype=torch.float64, device=device)  # no host sync per step
+        for step in range(start, self.steps + 1):
+            self.model.train()
+            batch = self.batch(step)
+            loss = self.loss(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_sum += loss.detach().double()
+            self.running[1] += 1
+            record = None
+            if step in probe_at:
+                mean_loss = float(loss_sum) / self.running[1]
+                self.model.eval()
+                record = self.probe(step, mean_loss)
+                self.run.append_metrics(record)
+                loss_sum.zero_()
+                self.running[1] = 0
+            if step < self.steps:
+                self.optimizer.step()
+                if step + 1 in checkpoint_at:
+                    self.running[0] = float(loss_sum)
+                    self.run.save_checkpoint(step + 1, self.state(step + 1))
+            self.on_step(step, record)

@@ -1,0 +1,38 @@
+"""Losses of spec §3 on a ``Batch``: cross-entropy, squared (official scaling: mean over the vocabulary), and an
+L2 penalty λ‖θ‖² on the trained parameters that acts on the gradient (the official one was detached)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from toyformer.data.batch import Batch
+
+
+def mlm_loss(logits: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:
+    """Mean loss per selected position (per unit of target weight in population mode).
+
+    logits: (B, Lq, V) with Lq = L, or Lq = 1 when every position has the same output (broadcast).
+    """
+    vocab = logits.shape[-1]
+    if batch.soft is not None:  # population mode: soft targets (B, L, V)
+        total = batch.soft.sum()
+        if kind == "ce":
+            return -(batch.soft * F.log_softmax(logits, dim=-1)).sum() / total
+        mass = batch.soft.sum(-1)
+        sq = (logits * logits).sum(-1)
+        return (mass * (sq + 1) - 2 * (logits * batch.soft).sum(-1)).sum() / (total * vocab)
+    labels = batch.labels[..., None]
+    shape = (*batch.labels.shape, vocab)
+    if kind == "ce":
+        per_pos = -F.log_softmax(logits, dim=-1).expand(shape).gather(-1, labels).squeeze(-1)
+    else:  # ‖f − e_y‖² / V = (‖f‖² − 2 f_y + 1) / V
+        sq = (logits * logits).sum(-1)
+        per_pos = (sq - 2 * logits.expand(shape).gather(-1, labels).squeeze(-1) + 1) / vocab
+    return (per_pos * batch.weight).sum() / batch.weight.sum()
+
+
+def l2_penalty(params: list[torch.Tensor], lam: float) -> torch.Tensor | float:
+    if lam == 0:
+        return 0.0
+    return lam * sum((p * p).sum() for p in params)
