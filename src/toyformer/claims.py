@@ -43,8 +43,11 @@ def value(text: str, final: dict, theory: dict) -> float | None:
 
 def check(claim: Claim, final: dict, theory: dict) -> dict:
     left, right = value(claim.left, final, theory), value(claim.right, final, theory)
-    expected = f"{claim.left} {claim.op} {claim.factor:g}·({claim.right})" if claim.factor != 1 else (
-        f"{claim.left} {claim.op} {claim.right}")
+    expected = (
+        f"{claim.left} {claim.op} {claim.factor:g}·({claim.right})"
+        if claim.factor != 1
+        else (f"{claim.left} {claim.op} {claim.right}")
+    )
     if claim.op == "close":
         scale = value(claim.scale, final, theory) if claim.scale else right
         expected = f"|{claim.left} − ({claim.right})| <= {claim.rel:g}·|{claim.scale or claim.right}|"

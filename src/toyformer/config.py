@@ -52,9 +52,7 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.doc_len_min > self.doc_len_max:
-            raise ValueError(
-                f"data.doc_len_min ({self.doc_len_min}) must be <= data.doc_len_max ({self.doc_len_max})"
-            )
+            raise ValueError(f"data.doc_len_min ({self.doc_len_min}) must be <= data.doc_len_max ({self.doc_len_max})")
         if self.mixture == "tau" and self.tau > self.num_topics:
             raise ValueError(f"data.tau must be in 1..num_topics={self.num_topics}, got {self.tau}")
         if self.topic_sizes is not None:
@@ -98,9 +96,7 @@ class MaskingConfig(Strict):
     def _check(self) -> MaskingConfig:
         total = self.mask_prob + self.random_prob + self.keep_prob
         if abs(total - 1.0) > 1e-9:
-            raise ValueError(
-                f"masking.mask_prob + random_prob + keep_prob must sum to 1, got {total:g}"
-            )
+            raise ValueError(f"masking.mask_prob + random_prob + keep_prob must sum to 1, got {total:g}")
         return self
 
 
@@ -109,14 +105,40 @@ Group = Literal["embedding", "query", "key", "value", "output", "decoder", "norm
 
 # Regimes of spec §4 as presets: a preset fills the model fields the user did not set.
 PRESETS: dict[str, dict[str, Any]] = {
-    "A": dict(embedding="trained", attention="uniform", value_init="identity", output="identity",
-              decoder="tied", freeze=["value", "output"]),
-    "B": dict(embedding="onehot", attention="uniform", value_init="small", output="identity",
-              decoder="identity", freeze=["embedding", "output", "decoder"]),
-    "C": dict(embedding="onehot", attention="trained", qk_init="small", value_init="topic_block",
-              output="identity", decoder="identity", freeze=["embedding", "value", "output", "decoder"]),
-    "D": dict(embedding="onehot", attention="trained", qk_init="small", value_init="small", output="identity",
-              decoder="identity", freeze=["embedding", "output", "decoder"]),
+    "A": dict(
+        embedding="trained",
+        attention="uniform",
+        value_init="identity",
+        output="identity",
+        decoder="tied",
+        freeze=["value", "output"],
+    ),
+    "B": dict(
+        embedding="onehot",
+        attention="uniform",
+        value_init="small",
+        output="identity",
+        decoder="identity",
+        freeze=["embedding", "output", "decoder"],
+    ),
+    "C": dict(
+        embedding="onehot",
+        attention="trained",
+        qk_init="small",
+        value_init="topic_block",
+        output="identity",
+        decoder="identity",
+        freeze=["embedding", "value", "output", "decoder"],
+    ),
+    "D": dict(
+        embedding="onehot",
+        attention="trained",
+        qk_init="small",
+        value_init="small",
+        output="identity",
+        decoder="identity",
+        freeze=["embedding", "output", "decoder"],
+    ),
 }
 
 
@@ -170,7 +192,9 @@ class TrainConfig(Strict):
 class ProbeConfig(Strict):
     docs: int = Field(64, ge=1, description="dev documents the attention statistics average over")
     onset_fraction: float = Field(
-        0.1, gt=0.0, lt=1.0,
+        0.1,
+        gt=0.0,
+        lt=1.0,
         description="a component starts to move when its distance from init first reaches this share of its maximum",
     )
 

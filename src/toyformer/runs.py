@@ -21,7 +21,6 @@ import torch
 from toyformer.config import ConfigError, ExperimentConfig, validate
 
 
-
 def atomic_write(path: Path, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -51,8 +50,9 @@ def atomic_save(path: Path, obj: Any) -> None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -90,9 +90,16 @@ class Run:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         (out / "figures").mkdir(exist_ok=True)
         atomic_write(out / "config.toml", cfg.dump())
-        meta = {"status": "running", "name": cfg.name, "seed": cfg.seed, "device": cfg.device,
-                "git_commit": _git_commit(), "versions": _versions(), "torch_threads": torch.get_num_threads(),
-                "started": _now()}
+        meta = {
+            "status": "running",
+            "name": cfg.name,
+            "seed": cfg.seed,
+            "device": cfg.device,
+            "git_commit": _git_commit(),
+            "versions": _versions(),
+            "torch_threads": torch.get_num_threads(),
+            "started": _now(),
+        }
         run.write_meta(meta)
         return run
 

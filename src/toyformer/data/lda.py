@@ -31,7 +31,7 @@ def topic_word_matrix(cfg: DataConfig, dtype=torch.float64) -> torch.Tensor:
         if cfg.overlap and nxt != t:
             words += list(range(starts[nxt], starts[nxt] + cfg.overlap))
         ranks = torch.arange(1, len(words) + 1, dtype=dtype)
-        weights = ranks ** -cfg.zipf_exponent if cfg.word_dist == "zipf" else torch.ones_like(ranks)
+        weights = ranks**-cfg.zipf_exponent if cfg.word_dist == "zipf" else torch.ones_like(ranks)
         phi[t, words] = weights / weights.sum()
     return phi
 

@@ -21,13 +21,12 @@ class TopicStream:
         self.n_ids = num_ids(cfg.data)
         self.batch_size = cfg.train.batch_size
         self.dev = self._make("dev", cfg.data.dev_docs)
+        self._order: tuple[int, torch.Tensor | None] = (-1, None)  # the current epoch's visiting order
         self.train = self._make("train", cfg.data.train_docs) if cfg.data.split == "fixed" else None
         if self.train is not None and len(self.train) < self.batch_size:
             from toyformer.config import ConfigError
 
-            raise ConfigError(
-                f"data.train_docs ({len(self.train)}) must be >= train.batch_size ({self.batch_size})"
-            )
+            raise ConfigError(f"data.train_docs ({len(self.train)}) must be >= train.batch_size ({self.batch_size})")
 
     def _gen(self, purpose: str, step: int = 0) -> torch.Generator:
         return generator(self.seed, purpose, step, self.device)
@@ -50,7 +49,12 @@ class TopicStream:
             return corrupt(ids, masking, self.n_ids, self._gen("mask", step))
         per_epoch = len(self.train) // b
         epoch, k = divmod(step, per_epoch)
-        order = torch.randperm(len(self.train), generator=self._gen("order", epoch), device=self.device)
+        if self._order[0] != epoch:
+            self._order = (
+                epoch,
+                torch.randperm(len(self.train), generator=self._gen("order", epoch), device=self.device),
+            )
+        order = self._order[1]
         rows = order[k * b : (k + 1) * b]
         picked = Batch(
             self.train.ids[rows],

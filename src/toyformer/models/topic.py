@@ -22,8 +22,19 @@ from torch import nn
 
 from toyformer.config import ModelConfig
 
-GROUP_OF = {"W_E": "embedding", "W_Q": "query", "W_K": "key", "W_V": "value", "b_V": "value", "W_O": "output",
-            "b_O": "output", "W_U": "decoder", "b_U": "decoder", "ln": "norm", "ffn": "ffn"}
+GROUP_OF = {
+    "W_E": "embedding",
+    "W_Q": "query",
+    "W_K": "key",
+    "W_V": "value",
+    "b_V": "value",
+    "W_O": "output",
+    "b_O": "output",
+    "W_U": "decoder",
+    "b_U": "decoder",
+    "ln": "norm",
+    "ffn": "ffn",
+}
 
 
 def param_group(name: str) -> str:
@@ -74,22 +85,52 @@ class Attention(nn.Module):
         else:
             self.W_O = nn.Parameter(init((h, d_head, d_model), cfg.output_init, h * d_head))
 
-    def pattern(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor | None, ids) -> torch.Tensor:
+        """x·W per head, (B, H, L, d_head). On the embedding layer x = W_E[ids], so it is a gather from the small
+        table W_E·W (V × H × d_head) instead of a B·L·d·d_head product."""
+        if table is not None:
+            return (
+                F.embedding(ids, torch.einsum("vd,hde->vhe", table, weight).flatten(1))
+                .unflatten(-1, weight.shape[::2])
+                .transpose(1, 2)
+            )
+        return torch.einsum("bld,hde->bhle", x, weight)
+
+    def pattern(self, xq, x, key_bias, table=None, ids=None, qids=None) -> torch.Tensor:
         """α, (B, H, Lq, L): Lq = 1 for uniform attention (the same row for every query)."""
         if self.uniform:
             return torch.softmax(key_bias, dim=-1)[:, None, None, :].expand(-1, self.W_V.shape[0], -1, -1)
-        q = torch.einsum("bld,hde->bhle", x, self.W_Q)  # (B, H, L, d_head)
-        k = torch.einsum("bld,hde->bhle", x, self.W_K)
+        q = self.project(xq, self.W_Q, table, qids)  # (B, H, Lq, d_head)
+        k = self.project(x, self.W_K, table, ids)  # (B, H, L, d_head)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head) + key_bias[:, None, None, :]
         return torch.softmax(scores, dim=-1)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_bias: torch.Tensor,
+        query_index: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
+    ):
+        """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
+        table, ids: W_E and the token ids when x is the embedding of ids (the fast path of layer 0)."""
         if x.shape[1] == 1:
-            key_bias = torch.zeros_like(key_bias[:, :1])  # all keys equal: one key with weight one
-        pattern = self.pattern(x, key_bias)
-        # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
-        mixed = pattern @ x[:, None]  # (B, H, Lq, d_model)
-        z = torch.einsum("bhld,hde->bhle", mixed, self.W_V) + self.b_V[None, :, None, :]
+            key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
+        xq, qids = x, ids
+        if query_index is not None and x.shape[1] > 1:
+            xq = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
+            qids = None if ids is None else ids.gather(1, query_index)
+        pattern = self.pattern(xq, x, key_bias, table, ids, qids)
+        if table is not None:
+            # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product.
+            bins = pattern.new_zeros(*pattern.shape[:-1], table.shape[0])
+            bins = bins.scatter_add(-1, ids[:, None, None, :].expand_as(pattern), pattern)
+            z = bins @ torch.einsum("vd,hde->hve", table, self.W_V)[None]
+        else:
+            # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
+            z = torch.einsum("bhld,hde->bhle", pattern @ x[:, None], self.W_V)
+        z = z + self.b_V[None, :, None, :]
         return torch.einsum("bhle,hed->bld", z, self.W_O), pattern
 
 
@@ -106,8 +147,10 @@ class Block(nn.Module):
         x = x + update if self.residual else update
         return self.ln[norm](x) if self.ln is not None else x
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        update, pattern = self.attn(x, key_bias)
+    def forward(self, x, key_bias, query_index=None, table=None, ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        update, pattern = self.attn(x, key_bias, query_index, table, ids)
+        if self.residual and query_index is not None and x.shape[1] > 1:
+            x = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
         x = self._add(x, update, 0)
         if self.ffn is not None:
             x = self._add(x, self.ffn(x), 1)
@@ -140,13 +183,18 @@ class TopicTransformer(nn.Module):
         return torch.eye(self.W_E.shape[1], device=self.W_E.device)
 
     def forward(
-        self, ids: torch.Tensor, key_bias: torch.Tensor
+        self, ids: torch.Tensor, key_bias: torch.Tensor, query_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """logits (B, Lq, n_ids), Lq = L or 1 (every position alike), and each layer's pattern (B, H, Lq, L)."""
+        """logits (B, Lq, n_ids) and each layer's pattern (B, H, Lq, L).
+
+        ids, key_bias: (B, L); query_index: (B, Lq) the positions whose logits are wanted (default all, Lq = L).
+        Lq is 1 when every position has the same output (uniform attention without a residual).
+        """
         x = F.embedding(ids, self.W_E)  # (B, L, d_model)
         patterns = []
-        for block in self.blocks:
-            x, pattern = block(x, key_bias)
+        for k, block in enumerate(self.blocks):
+            last = k == len(self.blocks) - 1
+            x, pattern = block(x, key_bias, query_index if last else None, self.W_E if k == 0 else None, ids)
             patterns.append(pattern)
         logits = x if self.decoder == "identity" else x @ self.unembed()
         return logits + self.b_U, patterns

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def onset_step(steps: Sequence[int], distance: Sequence[float], fraction: float = 0.1,
-               floor: float = 1e-8) -> int | None:
+def onset_step(
+    steps: Sequence[int], distance: Sequence[float], fraction: float = 0.1, floor: float = 1e-8
+) -> int | None:
     peak = max(distance, default=0.0)
     if peak <= floor:
         return None

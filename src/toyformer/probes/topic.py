@@ -15,7 +15,7 @@ from toyformer.data.batch import Batch
 from toyformer.data.lda import Documents
 from toyformer.models.topic import TopicTransformer, param_group
 from toyformer.theory.topic import class_means
-from toyformer.train.losses import mlm_loss
+from toyformer.train.losses import model_loss
 
 
 def ov_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor:
@@ -69,8 +69,12 @@ def attention_class_means(pattern: torch.Tensor, ids: torch.Tensor, id_topics: t
     topical = pair_ok & has[:, :, None] & has[:, None, :]
     same_token = topical & (ids[:, :, None] == ids[:, None, :])
     same_topic = topical & ~same_token & (z @ z.transpose(1, 2) > 0)
-    classes = {"same_token": same_token, "same_topic": same_topic, "diff_topic": topical & ~same_token & ~same_topic,
-               "empty": pair_ok & ~topical}
+    classes = {
+        "same_token": same_token,
+        "same_topic": same_topic,
+        "diff_topic": topical & ~same_token & ~same_topic,
+        "empty": pair_ok & ~topical,
+    }
     return {f"attn_{k}": float(scaled[m].mean()) for k, m in classes.items() if m.any()}
 
 
@@ -122,7 +126,7 @@ class DevLoss:
         for start in range(0, len(self.dev), self.chunk):
             part = self.dev.slice(start, start + self.chunk)
             w = float(part.soft.sum() if part.soft is not None else part.weight.sum())
-            total += float(mlm_loss(model(part.ids, part.key_bias)[0], part, self.loss)) * w
+            total += float(model_loss(model, part, self.loss)) * w
             weight += w
         return {"loss_dev": total / weight}
 

@@ -69,11 +69,13 @@ def write_figures(run: Run, experiment) -> list[str]:
 
     records = run.metrics()
     steps = [max(r["step"], 1) for r in records]
-    panels = [("loss", ["loss_train", "loss_dev"]),
-              ("block contrast", ["wv_same_word", "wv_same_topic", "wv_diff_topic", "emb_same_topic", "emb_diff_topic"]),
-              ("attention class means", ["attn_same_token", "attn_same_topic", "attn_diff_topic"]),
-              ("distance from init", [f"dist_{g}" for g in ("embedding", "value", "key", "query")]),
-              ("gradient norm", [f"grad_{g}" for g in ("embedding", "value", "key", "query")])]
+    panels = [
+        ("loss", ["loss_train", "loss_dev"]),
+        ("block contrast", ["wv_same_word", "wv_same_topic", "wv_diff_topic", "emb_same_topic", "emb_diff_topic"]),
+        ("attention class means", ["attn_same_token", "attn_same_topic", "attn_diff_topic"]),
+        ("distance from init", [f"dist_{g}" for g in ("embedding", "value", "key", "query")]),
+        ("gradient norm", [f"grad_{g}" for g in ("embedding", "value", "key", "query")]),
+    ]
     marks = onsets(records, ("embedding", "value", "key", "query"), cfg.probes.onset_fraction)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
     for ax, (title, keys) in zip(axes, panels, strict=True):
@@ -82,7 +84,9 @@ def write_figures(run: Run, experiment) -> list[str]:
                 ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key, marker=".", ms=3)
         for i, (name, step) in enumerate(marks.items()):
             if step is not None:
-                ax.axvline(max(step, 1), color=f"C{i + 5}", ls="--", lw=0.8, label=name.replace("onset_step_", "onset "))
+                ax.axvline(
+                    max(step, 1), color=f"C{i + 5}", ls="--", lw=0.8, label=name.replace("onset_step_", "onset ")
+                )
         ax.set_xscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")

@@ -39,8 +39,13 @@ class Loop:
     running: list[float] = field(default_factory=lambda: [0.0, 0.0])  # train-loss sum and count since last probe
 
     def state(self, step: int) -> dict:
-        return {"step": step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "running": list(self.running)}
+        return {
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "running": list(self.running),
+        }
 
     def restore(self, state: dict) -> int:
         self.model.load_state_dict(state["model"])

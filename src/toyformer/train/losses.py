@@ -36,3 +36,19 @@ def l2_penalty(params: list[torch.Tensor], lam: float) -> torch.Tensor | float:
     if lam == 0:
         return 0.0
     return lam * sum((p * p).sum() for p in params)
+
+
+def target_positions(weight: torch.Tensor) -> torch.Tensor:
+    """(B, S): the positions with loss weight first in each row (S = the most in any row), padded with others."""
+    count = int((weight > 0).sum(1).max())
+    return torch.argsort((weight <= 0).to(torch.uint8), dim=1, stable=True)[:, :count]
+
+
+def model_loss(model: torch.nn.Module, batch: Batch, kind: str) -> torch.Tensor:
+    """The model's MLM loss on a batch; logits are computed only where the loss reads them."""
+    if batch.soft is not None:
+        return mlm_loss(model(batch.ids, batch.key_bias)[0], batch, kind)
+    index = target_positions(batch.weight)
+    logits, _ = model(batch.ids, batch.key_bias, index)
+    targets = Batch(batch.ids, batch.key_bias, batch.labels.gather(1, index), batch.weight.gather(1, index))
+    return mlm_loss(logits, targets, kind)

@@ -9,6 +9,7 @@ import torch
 
 from toyformer.claims import check
 from toyformer.config import ConfigError, ExperimentConfig, num_ids
+from toyformer.data.lda import id_topics, topic_block_matrix
 from toyformer.data.stream import TopicStream
 from toyformer.models.topic import TopicTransformer
 from toyformer.probes.stages import onsets
@@ -17,8 +18,7 @@ from toyformer.random import generator
 from toyformer.runs import Run
 from toyformer.theory.topic import pair_classes, predictions
 from toyformer.train.loop import Loop, log_schedule
-from toyformer.train.losses import l2_penalty, mlm_loss
-from toyformer.data.lda import id_topics, topic_block_matrix
+from toyformer.train.losses import l2_penalty, model_loss
 
 STAGE_GROUPS = ("embedding", "value", "key", "query")
 
@@ -36,7 +36,7 @@ def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.opti
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,14 +58,16 @@ class TopicExperiment:
         self.theory, optimum = predictions(cfg)
         classes = pair_classes(cfg.data)
         self.init_state = {k: v.detach().clone() for k, v in self.model.named_parameters()}
-        self.probes = [CircuitStructure({k: m.to(self.device) for k, m in classes.items()}),
-                       AttentionClasses(self.stream.probe_documents(), id_topics(cfg.data)),
-                       Norms(self.init_state), DevLoss(self.stream.dev, cfg.train.loss),
-                       OptimumDistance(optimum, classes)]
+        self.probes = [
+            CircuitStructure({k: m.to(self.device) for k, m in classes.items()}),
+            AttentionClasses(self.stream.probe_documents(), id_topics(cfg.data)),
+            Norms(self.init_state),
+            DevLoss(self.stream.dev, cfg.train.loss),
+            OptimumDistance(optimum, classes),
+        ]
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
-        logits, _ = model(batch.ids, batch.key_bias)
-        return mlm_loss(logits, batch, self.cfg.train.loss) + l2_penalty(self.trained, self.cfg.train.l2)
+        return model_loss(model, batch, self.cfg.train.loss) + l2_penalty(self.trained, self.cfg.train.l2)
 
     def probe(self, step: int, loss_train: float) -> dict:
         record = {"step": step, "loss_train": loss_train}
@@ -78,20 +80,37 @@ class TopicExperiment:
         final = {k: v for k, v in records[-1].items() if k != "step"}
         final |= onsets(records, STAGE_GROUPS, self.cfg.probes.onset_fraction)
         checks = [check(c, final, self.theory) for c in self.cfg.claims]
-        return {"name": self.cfg.name, "seed": self.cfg.seed, "steps": self.cfg.train.steps, "final": final,
-                "theory": self.theory, "checks": checks}
+        return {
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "steps": self.cfg.train.steps,
+            "final": final,
+            "theory": self.theory,
+            "checks": checks,
+        }
 
 
-def run_topic(cfg: ExperimentConfig, out: Path | None = None, on_step: Callable | None = None,
-              resume: Run | None = None, figures: bool = True) -> Run:
+def run_topic(
+    cfg: ExperimentConfig,
+    out: Path | None = None,
+    on_step: Callable | None = None,
+    resume: Run | None = None,
+    figures: bool = True,
+) -> Run:
     experiment = TopicExperiment(cfg)  # everything validated and built before a directory exists
     run = resume or Run.create(cfg, out)
     t = cfg.train
     loop = Loop(
-        model=experiment.model, optimizer=experiment.optimizer, batch=experiment.stream.batch,
-        loss=experiment.loss, probe=experiment.probe, steps=t.steps,
-        probe_steps=log_schedule(t.steps, t.probes), checkpoint_steps=log_schedule(t.steps, t.checkpoints)[1:],
-        run=run, on_step=on_step or (lambda step, record: None),
+        model=experiment.model,
+        optimizer=experiment.optimizer,
+        batch=experiment.stream.batch,
+        loss=experiment.loss,
+        probe=experiment.probe,
+        steps=t.steps,
+        probe_steps=log_schedule(t.steps, t.probes),
+        checkpoint_steps=log_schedule(t.steps, t.checkpoints)[1:],
+        run=run,
+        on_step=on_step or (lambda step, record: None),
     )
     start = 0
     if resume is not None:

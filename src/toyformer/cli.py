@@ -1,0 +1,253 @@
+"""The ``toyformer`` command: recipes, run, theory, report, demo.
+
+Bad input (a config error, an unreadable file) prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from toyformer import config as config_mod
+from toyformer.config import ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Data with known structure, small transformers, and the theory of what they learn.",
+)
+theory_app = typer.Typer(no_args_is_help=True, help="Print the theory's predictions for a setting.")
+app.add_typer(theory_app, name="theory")
+console = Console(stderr=True)
+out_console = Console()
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set train.steps=200")]
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' → [0, 1, 2, 3, 4]; '1,3,7' → [1, 3, 7]."""
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            seeds = list(range(lo, hi + 1))
+        else:
+            seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: write a range like 0-4 or a list like 0,2,5")
+    return seeds
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _train(cfg, out: Path | None, resume=None):
+    from toyformer.train.topic import run_topic
+
+    with _progress() as progress:
+        task = progress.add_task(f"{cfg.name} seed {cfg.seed}", total=cfg.train.steps + 1, info="")
+
+        def on_step(step: int, record: dict | None) -> None:
+            info = None
+            if record is not None:
+                info = f"loss {record['loss_train']:.4f}  dev {record.get('loss_dev', float('nan')):.4f}"
+            progress.update(task, completed=step + 1, **({"info": info} if info else {}))
+
+        return run_topic(cfg, out=out, on_step=on_step, resume=resume)
+
+
+def _print_checks(summary: dict, title: str) -> bool:
+    table = Table(title=title, show_lines=False)
+    for col in ("claim", "ok", "measured", "expected"):
+        table.add_column(col)
+    for c in summary["checks"]:
+        measured = c.get("measured")
+        text = f"{measured:.4g}" if isinstance(measured, float) else str(measured)
+        if "share" in c:
+            text = f"{c['share']:.0%} of seeds"
+        table.add_row(c["name"], "[green]yes[/]" if c["ok"] else "[red]NO[/]", text, c["expected"])
+    console.print(table)
+    return all(c["ok"] for c in summary["checks"])
+
+
+@app.command()
+def recipes(show: Annotated[str | None, typer.Option(help="print one recipe's resolved config")] = None) -> None:
+    """List the named experiments."""
+    try:
+        if show:
+            cfg = config_mod.load(show)
+            out_console.print(cfg.dump(), highlight=False, markup=False)
+            return
+        table = Table(title="recipes")
+        table.add_column("name")
+        table.add_column("description")
+        for name in config_mod.recipe_names():
+            table.add_row(name, config_mod.load(name).description)
+        out_console.print(table)
+    except ConfigError as e:
+        fail(str(e))
+
+
+@app.command()
+def run(
+    recipe: Annotated[str | None, typer.Argument(help="a name from `toyformer recipes` or a TOML file")] = None,
+    set_: SetOpt = None,
+    seed: Annotated[int | None, typer.Option(help="the run seed")] = None,
+    seeds: Annotated[str | None, typer.Option(help="several seeds, e.g. 0-4: one run each, claims aggregated")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    out: Annotated[Path | None, typer.Option(help="the run directory (default: runs/NAME-sSEED-TIME)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run directory")] = None,
+) -> None:
+    """Train a recipe; prints the run directory as the last line."""
+    from toyformer.runs import Run
+    from toyformer.train.seeds import run_seeds
+
+    try:
+        if resume is not None:
+            if recipe or set_ or seed is not None or seeds:
+                raise ConfigError("--resume takes only the run directory: the config is read from it")
+            path = _resume(resume)
+        else:
+            if recipe is None:
+                raise ConfigError("give a RECIPE (see `toyformer recipes`) or --resume RUN_DIR")
+            overrides = list(set_ or []) + ([f"device={device}"] if device else [])
+            cfg = config_mod.load(recipe, overrides, seed)
+            seed_list = parse_seeds(seeds) if seeds else cfg.seeds
+            if seed_list:
+                path = run_seeds(cfg, seed_list, out, _train)
+            else:
+                path = _train(cfg, out).path
+        summary = Run(path).summary()
+        _print_checks(summary, f"{summary['name']}: claims")
+    except ConfigError as e:
+        fail(str(e))
+    out_console.print(str(path), highlight=False, soft_wrap=True)
+
+
+def _resume(path: Path) -> Path:
+    from toyformer.runs import Run
+    from toyformer.train.seeds import resume_seeds
+
+    if (path / "group.json").is_file():
+        return resume_seeds(path, _train)
+    run = Run.open(path)
+    if run.complete:
+        raise ConfigError(f"{path}: the run is complete; nothing to resume")
+    return _train(run.config(), None, resume=run).path
+
+
+@theory_app.command("topic")
+def theory_topic(
+    recipe: Annotated[str, typer.Option(help="the recipe whose setting to use")] = "topic/s2-squared",
+    set_: SetOpt = None,
+    samples: Annotated[int | None, typer.Option(help="simulated documents for the finite-N optimum")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Closed-form optima of the topic experiments (spec §5): regime B (and A, tied) for the actual pipeline and the
+    population limit B/a."""
+    from toyformer.theory.topic import predictions
+
+    try:
+        overrides = list(set_ or []) + ([f"theory.samples={samples}"] if samples else [])
+        cfg = config_mod.load(recipe, overrides)
+    except ConfigError as e:
+        fail(str(e))
+    values, _ = predictions(cfg)
+    values["wv_contrast"] = values["wv_same_topic"] - values["wv_diff_topic"]
+    if as_json:
+        out_console.print(json.dumps(values, indent=2), highlight=False)
+        return
+    table = Table(
+        title=f"topic theory: {cfg.name} (T={cfg.data.num_topics}, α={cfg.data.alpha}, "
+        f"N∈[{cfg.data.doc_len_min},{cfg.data.doc_len_max}], p_c={cfg.masking.keep_prob})"
+    )
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for k, v in values.items():
+        table.add_row(k, f"{v:.5f}")
+    out_console.print(table)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+    """Rebuild a finished run's figures from its checkpoint and metrics."""
+    from toyformer.report.topic import write_figures
+    from toyformer.runs import Run
+    from toyformer.train.topic import TopicExperiment
+
+    try:
+        run = Run.open(run_dir)
+        state = run.load_checkpoint()
+        if state is None:
+            raise ConfigError(f"{run_dir}: no checkpoint to rebuild the figures from")
+        experiment = TopicExperiment(run.config())
+        experiment.model.load_state_dict(state["model"])
+    except ConfigError as e:
+        fail(str(e))
+    for name in write_figures(run, experiment):
+        out_console.print(str(run.path / "figures" / name), highlight=False, soft_wrap=True)
+
+
+DEMO = ["topic/s1", "topic/s2", "topic/s2-squared", "topic/s3", "topic/s4"]
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = Path("runs/demo")) -> None:
+    """The synthetic topic-structure experiment of paper 1: regimes A–D, claims checked, figures written."""
+    from toyformer.runs import Run
+    from toyformer.train.seeds import run_seeds
+
+    ok = True
+    for name in DEMO:
+        try:
+            cfg = config_mod.load(name)
+            target = out / name.replace("/", "-")
+            if (target / "summary.json").is_file():
+                path = target
+            elif cfg.seeds:
+                path = run_seeds(cfg, cfg.seeds, target, _train)
+            else:
+                path = _train(cfg, target).path
+        except ConfigError as e:
+            fail(str(e))
+        summary = Run(path).summary()
+        ok &= _print_checks(summary, f"{name}: {cfg.description}")
+        console.print(f"figures: {path / 'figures'}", highlight=False, soft_wrap=True)
+    if not ok:
+        console.print("[bold red]some claims did not hold[/]")
+        raise typer.Exit(1)
+    console.print("[bold green]every claim held[/]")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
