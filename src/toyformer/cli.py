@@ -251,3 +251,7 @@ def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = P
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

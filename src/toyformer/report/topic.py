@@ -18,7 +18,7 @@ from toyformer.runs import Run  # noqa: E402
 def _heatmap(ax, matrix: torch.Tensor, title: str, block: int | None) -> None:
     m = matrix.detach().double().cpu()
     limit = float(m.abs().max()) or 1.0
-    im = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     ax.set_title(title)
     ax.set_xlabel("word")
     ax.set_ylabel("word")
@@ -59,7 +59,7 @@ def write_figures(run: Run, experiment) -> list[str]:
             n = int((ids != PAD).sum())
             order = torch.argsort(ids[:n], stable=True)  # group tokens by id, hence by topic
             att = pattern[k].expand(len(ids), len(ids))[:n, :n][order][:, order] * n / 100
-            im = ax.imshow(att.cpu(), cmap="viridis", interpolation="nearest")
+            im = ax.imshow(att.cpu().numpy(), cmap="viridis", interpolation="nearest")
             ax.set_title(f"dev document {k}: attention ×n/100 (tokens sorted by id)", fontsize=9)
             plt.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
