@@ -24,7 +24,7 @@ from toyformer.random import derive_seed, dirichlet, generator, log_gamma_variat
 
 @pytest.mark.parametrize("a", [0.1, 0.5, 1.0, 3.0])
 def test_gamma_moments(a):
-    n = 100_000
+    n = 50_000
     logs = log_gamma_variates(torch.full((n,), a), generator(11, "gamma", int(a * 10)))
     assert logs.dtype == torch.float64 and logs.shape == (n,)
     assert torch.isfinite(logs).all()  # a = 0.1 would underflow to 0 in linear space: the log must stay finite
@@ -43,7 +43,7 @@ def test_gamma_moments(a):
 
 @pytest.mark.parametrize("alpha", [0.1, 1.0])
 def test_dirichlet_moments(alpha):
-    n, t = 50_000, 10
+    n, t = 20_000, 10
     theta = dirichlet(torch.full((n, t), alpha), generator(12, "dirichlet"))
     assert theta.shape == (n, t)
     assert torch.allclose(theta.sum(1), torch.ones(n, dtype=torch.float64), atol=1e-12)
@@ -189,7 +189,8 @@ def test_lengths_uniform_on_closed_range(default_docs):
     # UniformInt[100, 150]: mean 125, variance (51² - 1)/12; 5 standard errors on the mean
     var = (51**2 - 1) / 12
     assert abs(float(lengths.double().mean()) - 125) < 5 * math.sqrt(var / n)
-    assert abs(float(lengths.double().var()) - var) < 0.1 * var  # SE of the sample variance ≈ 1.7% of var here
+    # a uniform law has kurtosis ≈ 1.8, so SE(sample variance) ≈ var·sqrt((1.8 − 1)/n)
+    assert abs(float(lengths.double().var()) - var) < 5 * var * math.sqrt(0.8 / n)
     # each of the 51 values has probability 1/51: per-bin binomial z-scores, 5 SE (Bonferroni over 51 bins is fine)
     p = 1 / 51
     assert ((counts - n * p).abs() / math.sqrt(n * p * (1 - p))).max() < 5

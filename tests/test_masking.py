@@ -94,26 +94,26 @@ def test_random_pool_words(docs):
 
 
 def test_every_document_gets_a_selection_with_tiny_select_prob():
-    # 3..6 words per document and p_m = 0.001: without the re-draw ~99.5% of documents would have no selection.
+    # 3..6 words per document and p_m = 0.01: without the re-draw ~95% of documents would have no selection.
     data = DataConfig(doc_len_min=3, doc_len_max=6)
-    ids = sample_documents(data, 3000, generator(2, "docs")).ids
-    batch = corrupt(ids, MaskingConfig(select_prob=0.001), N_IDS, generator(2, "mask"))
+    ids = sample_documents(data, 2000, generator(2, "docs")).ids
+    p, q = 0.01, 0.99
+    batch = corrupt(ids, MaskingConfig(select_prob=p), N_IDS, generator(2, "mask"))
     selected = batch.weight > 0
     assert (selected.sum(1) >= 1).all()
     assert not (selected & (ids < NUM_SPECIALS)).any()
-    # Given ≥ 1 selection among N words, P(≥ 2 | ≥ 1) = (1 − q^N − N p q^(N−1)) / (1 − q^N), q = 1 − p (≈ 0.2%).
+    # Given ≥ 1 selection among N words, P(≥ 2 | ≥ 1) = (1 − q^N − N p q^(N−1)) / (1 − q^N) (≈ 2%).
     # The number of such documents is a sum of independent Bernoullis: mean Σ P_d, variance ≤ Σ P_d; 5 SE (+1).
     lengths = (ids >= NUM_SPECIALS).sum(1)
-    p, q = 0.001, 0.999
     p_two = [(1 - q**n - n * p * q ** (n - 1)) / (1 - q**n) for n in lengths.tolist()]
     expected = sum(p_two)
     assert abs(int((selected.sum(1) >= 2).sum()) - expected) < 5 * math.sqrt(expected) + 1
-    # and the single selected position is uniform over the words of the document (rank among 6 words)
+    # A single selected position is uniform over the words of its document (by symmetry): its rank among 6 words.
     six = (lengths == 6) & (selected.sum(1) == 1)
     pos = selected[six].float().argmax(1) - 1  # word rank 0..5 (position 0 is START)
     m = int(six.sum())
     counts = torch.bincount(pos, minlength=6)
-    assert len(counts) == 6 and m > 500
+    assert len(counts) == 6 and m > 300
     assert all(_within(int(c), m, 1 / 6) for c in counts)
 
 

@@ -1,7 +1,6 @@
 """A run killed with SIGKILL and resumed ends with exactly the numbers of an uninterrupted run (CPU)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,16 @@ from toyformer.cli import app
 from toyformer.runs import Run
 
 # Regime D exercises Adam's state and trained attention; fresh masks per step exercise the (seed, step) stream.
-SETTING = ["data.train_docs=200", "data.dev_docs=40", "theory.samples=200", "probes.docs=8", "train.steps=300",
-           "train.probes=20", "train.checkpoints=10", "masking.static=false"]
+SETTING = [
+    "data.train_docs=200",
+    "data.dev_docs=40",
+    "theory.samples=200",
+    "probes.docs=8",
+    "train.steps=300",
+    "train.probes=20",
+    "train.checkpoints=10",
+    "masking.static=false",
+]
 
 
 def _args(out: Path) -> list[str]:
@@ -26,14 +33,19 @@ def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
+def _cli(*args: str) -> subprocess.Popen:
+    # Every run in its own process with the same thread count: float reductions depend on it.
+    return subprocess.Popen(
+        [sys.executable, "-m", "toyformer.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     whole = tmp_path / "whole"
-    assert CliRunner().invoke(app, _args(whole)).exit_code == 0
+    assert _cli(*_args(whole)).wait() == 0
 
     cut = tmp_path / "cut"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "toyformer.cli", *_args(cut)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _cli(*_args(cut))
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once a mid-run checkpoint exists
         steps = [int(p.stem.split("-")[1]) for p in (cut / "checkpoints").glob("step-*.pt")] if cut.exists() else []
@@ -45,8 +57,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert not (cut / "summary.json").exists(), "the run finished before it could be killed"
     assert Run(cut).meta()["status"] == "running"
 
-    result = CliRunner().invoke(app, ["run", "--resume", str(cut)])
-    assert result.exit_code == 0, result.output
+    resumed = _cli("run", "--resume", str(cut))
+    assert resumed.wait() == 0, resumed.stderr.read()
     assert _metrics(cut) == _metrics(whole)
     assert Run(cut).summary()["final"] == Run(whole).summary()["final"]
     assert Run(cut).meta()["status"] == "complete"

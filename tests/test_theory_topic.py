@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from toyformer.config import NUM_SPECIALS, PAD, DataConfig, num_ids, validate
+from toyformer.data.batch import Batch
 from toyformer.data.lda import corrupt, sample_documents
 from toyformer.random import generator
 from toyformer.theory.topic import (
@@ -75,16 +76,16 @@ def _brute_force_design(cfg, docs: int, seed: int, chunk: int):
 @pytest.fixture(scope="module")
 def small_default():
     cfg = _small_cfg()
-    stats = pipeline_statistics(cfg, 300, seed=5, chunk=100)  # three chunks, each with its own generator
-    x, y, share, batches = _brute_force_design(cfg, 300, seed=5, chunk=100)
+    stats = pipeline_statistics(cfg, 300, seed=5, chunk=128)  # chunks of 128, 128, 44, each with its own generator
+    x, y, share, batches = _brute_force_design(cfg, 300, seed=5, chunk=128)
     return cfg, stats, x, y, share, batches
 
 
 @pytest.mark.parametrize("masking", [{}, {"drop_masked_keys": False, "random_pool": "words"}])
 def test_pipeline_statistics_equal_the_design_matrix(masking):
     cfg = _small_cfg(**masking)
-    stats = pipeline_statistics(cfg, 300, seed=5, chunk=100)
-    x, y, share, _ = _brute_force_design(cfg, 300, seed=5, chunk=100)
+    stats = pipeline_statistics(cfg, 300, seed=5, chunk=128)
+    x, y, share, _ = _brute_force_design(cfg, 300, seed=5, chunk=128)
     assert stats.count == len(x)
     np.testing.assert_allclose(stats.xx.numpy(), x.T @ x, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(stats.xy.numpy(), x.T @ y, rtol=1e-10, atol=1e-10)
@@ -135,9 +136,7 @@ def test_ridge_optimum_is_the_closed_form(small_default):
     theta0 = np.linalg.lstsq(np.vstack([x[:, :v], scale * np.eye(v)]), np.vstack([y, np.zeros((v, v))]), rcond=None)[0]
     np.testing.assert_allclose(least_squares_optimum(stats, l2=lam, intercept=False).numpy(), theta0, atol=1e-9)
     # and unregularised without an intercept
-    np.testing.assert_allclose(
-        least_squares_optimum(stats, intercept=False).numpy(), _min_norm(x[:, :v], y), atol=1e-8
-    )
+    np.testing.assert_allclose(least_squares_optimum(stats, intercept=False).numpy(), _min_norm(x[:, :v], y), atol=1e-8)
 
 
 @pytest.mark.parametrize("lam", [0.0, 1e-3])
@@ -160,8 +159,6 @@ def test_optimum_is_a_stationary_point_of_the_training_loss(small_default, lam):
     key_bias = torch.cat([b.key_bias for b in batches]).double()
     labels = torch.cat([b.labels for b in batches])
     weight = torch.cat([b.weight for b in batches]).double()
-    from toyformer.data.batch import Batch
-
     batch = Batch(ids, key_bias, labels, weight)
 
     def grad_norm(w_v, b_v):
@@ -263,7 +260,9 @@ def test_population_value_optimum_is_b_over_a(sizes):
     assert population_value_optimum(DataConfig(num_topics=3, words_per_topic=4, word_dist="zipf"), a) is None
 
 
-@pytest.mark.parametrize("data", [DataConfig(num_topics=4, words_per_topic=3), DataConfig(num_topics=4, words_per_topic=3, overlap=1)])
+@pytest.mark.parametrize(
+    "data", [DataConfig(num_topics=4, words_per_topic=3), DataConfig(num_topics=4, words_per_topic=3, overlap=1)]
+)
 def test_pair_classes_partition_word_pairs(data):
     classes = pair_classes(data)
     v = num_ids(data)

@@ -174,6 +174,11 @@ class TopicTransformer(nn.Module):
             if param_group(name) in cfg.freeze:
                 p.requires_grad_(False)
 
+    @property
+    def position_independent(self) -> bool:
+        """True when every position of a document gets the same output (uniform attention, no residual)."""
+        return all(b.attn.uniform and not b.residual for b in self.blocks)
+
     def unembed(self) -> torch.Tensor:
         """W_U as a (d_model, n_ids) matrix, whatever the decoder switch."""
         if self.decoder == "trained":

@@ -46,7 +46,7 @@ def target_positions(weight: torch.Tensor) -> torch.Tensor:
 
 def model_loss(model: torch.nn.Module, batch: Batch, kind: str) -> torch.Tensor:
     """The model's MLM loss on a batch; logits are computed only where the loss reads them."""
-    if batch.soft is not None:
+    if batch.soft is not None or model.position_independent:
         return mlm_loss(model(batch.ids, batch.key_bias)[0], batch, kind)
     index = target_positions(batch.weight)
     logits, _ = model(batch.ids, batch.key_bias, index)

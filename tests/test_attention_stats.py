@@ -1,0 +1,318 @@
+"""Attention statistics (spec §6) against a double loop over token pairs, and the topic model (spec §4) against a
+plain re-computation of its maths from its weights.
+
+The reference forward pass follows the module docstring of models/topic.py literally, in float64, with every
+position a query and explicit (B, H, L, L) attention: h = W_E[ids]; s = (h W_Q)(h W_K)ᵀ/√d_head + key_bias;
+α = softmax(s); out = Σ_h α (h W_V + b_V) W_O; logits = out W_U + b_U; plus residual / LayerNorm / GELU FFN when the
+switches are on. The model's fast path (one-hot tables, per-document mixtures, query_index) must agree with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from toyformer.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig, num_ids, validate
+from toyformer.data.lda import corrupt, id_topics, sample_documents
+from toyformer.probes.topic import attention_class_means
+from toyformer.random import generator
+from toyformer.train.topic import build_model
+
+# --------------------------------------------------------------------------------------------------------------
+# attention class means
+
+
+def _brute_force_classes(pattern, ids, z):
+    """Pooled mean of pattern·n/100 per class over all valid ordered pairs, by explicit loops."""
+    sums, counts = {}, {}
+    b, n = ids.shape
+    for d in range(b):
+        valid = [i for i in range(n) if int(ids[d, i]) != PAD]
+        scale = len(valid) / 100
+        for i in valid:
+            for j in valid:
+                ti = {t for t in range(z.shape[1]) if z[ids[d, i], t]}
+                tj = {t for t in range(z.shape[1]) if z[ids[d, j], t]}
+                if not ti or not tj:
+                    name = "empty"
+                elif int(ids[d, i]) == int(ids[d, j]):
+                    name = "same_token"
+                elif ti & tj:
+                    name = "same_topic"
+                else:
+                    name = "diff_topic"
+                row = 0 if pattern.shape[1] == 1 else i
+                sums[name] = sums.get(name, 0.0) + float(pattern[d, row, j]) * scale
+                counts[name] = counts.get(name, 0) + 1
+    return {f"attn_{k}": sums[k] / counts[k] for k in sums}, counts
+
+
+def _random_documents(gen, z, b=3, length=12):
+    """Documents START tokens END PAD…, the tokens drawn from [MASK] and a handful of words (repeats likely)."""
+    n_ids = z.shape[0]
+    ids = torch.full((b, length), PAD)
+    for d in range(b):
+        n_tokens = int(torch.randint(4, length - 1, (1,), generator=gen))
+        pool = torch.tensor([MASK] + list(range(NUM_SPECIALS, n_ids)))
+        tokens = pool[torch.randint(0, len(pool), (n_tokens,), generator=gen)]
+        ids[d, : n_tokens + 2] = torch.cat([torch.tensor([START]), tokens, torch.tensor([END])])
+    return ids
+
+
+@pytest.fixture
+def overlapping_topics():
+    # 3 topics of 3 words, each sharing its first word with the previous topic: topic sets {0,2}, {0}, {0}, {0,1}, …
+    return id_topics(DataConfig(num_topics=3, words_per_topic=3, overlap=1))
+
+
+@pytest.mark.parametrize("rows", ["per_query", "shared"])
+def test_attention_class_means_brute_force(overlapping_topics, rows):
+    z = overlapping_topics
+    gen = generator(0, "attn-stats", 0 if rows == "per_query" else 1)
+    ids = _random_documents(gen, z)
+    b, n = ids.shape
+    lq = n if rows == "per_query" else 1
+    scores = torch.randn(b, lq, n, generator=gen) * 2
+    scores = scores.masked_fill(ids[:, None, :] == PAD, float("-inf"))
+    pattern = torch.softmax(scores, dim=-1)
+    got = attention_class_means(pattern, ids, z)
+    expected, counts = _brute_force_classes(pattern, ids, z)
+    # the fixture exercises every class, intersecting topic sets included
+    assert set(counts) == {"empty", "same_token", "same_topic", "diff_topic"}
+    assert all(c >= 5 for c in counts.values())
+    assert set(got) == set(expected)
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k], rel=1e-5), k
+
+
+def test_overlap_makes_topic_sets_intersect(overlapping_topics):
+    """A hand-checked case. With T = 3, v = 3, overlap 1, topic t owns words 3t..3t+2 and word 3(t+1): the topic
+    sets are w0 {0,2}, w1 {0}, w4 {1}, w6 {1,2}. In START w0 w6 w1 w4 END the word pairs are same-topic for
+    (w0,w6), (w0,w1), (w6,w4) and different-topic for (w1,w4), (w0,w4), (w6,w1): 6 ordered pairs each; 4 same-token
+    pairs (the diagonal); the 20 pairs with START/END are empty."""
+    z = overlapping_topics
+    w = [NUM_SPECIALS + k for k in (0, 6, 1, 4)]
+    ids = torch.tensor([[START, *w, END]])
+    pattern = torch.zeros(1, 6, 6)
+    pattern[0, 1, 2] = 1.0  # w0 → w6: same topic (topic 2, shared through the overlap)
+    pattern[0, 2, 4] = 1.0  # w6 → w4: same topic (topic 1)
+    pattern[0, 3, 4] = 1.0  # w1 → w4: different topics
+    pattern[0, 4, 4] = 1.0  # w4 → itself: same token
+    pattern[0, 0, 0] = pattern[0, 5, 5] = 1.0  # START, END: empty
+    got = attention_class_means(pattern, ids, z)
+    scale = 6 / 100
+    assert got["attn_same_topic"] == pytest.approx(2 * scale / 6)
+    assert got["attn_diff_topic"] == pytest.approx(1 * scale / 6)
+    assert got["attn_same_token"] == pytest.approx(1 * scale / 4)
+    assert got["attn_empty"] == pytest.approx(2 * scale / 20)
+
+
+def test_uniform_attention_reads_one_hundredth(overlapping_topics):
+    z = overlapping_topics
+    ids = _random_documents(generator(2, "attn-stats"), z, b=4, length=15)
+    valid = (ids != PAD).float()
+    pattern = (valid / valid.sum(1, keepdim=True))[:, None, :].expand(-1, ids.shape[1], -1)
+    got = attention_class_means(pattern, ids, z)
+    assert len(got) == 4
+    for k, value in got.items():
+        assert value == pytest.approx(0.01, abs=1e-8), k
+    # and the same from one shared row per document
+    got = attention_class_means(pattern[:, :1], ids, z)
+    assert all(value == pytest.approx(0.01, abs=1e-8) for value in got.values())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the model: fast path against the plain maths
+
+
+def _randomise(model, gen):
+    """O(1) attention scores and non-zero biases everywhere, so that every term of the forward pass matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            fan_in = p.shape[-2] if p.ndim >= 2 else 1
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            if name.endswith(("W_Q", "W_K")):
+                p.mul_(3.0)
+
+
+@torch.no_grad()
+def _reference(model, ids, key_bias):
+    """logits (B, L, V) and patterns [(B, H, L, L)] in float64, straight from the weights."""
+    x = model.W_E.double()[ids]
+    kb = key_bias.double()
+    patterns = []
+    for block in model.blocks:
+        attn = block.attn
+        w_v, b_v, w_o = attn.W_V.double(), attn.b_V.double(), attn.W_O.double()
+        heads = w_v.shape[0]
+        if attn.uniform:
+            alpha = torch.softmax(kb, dim=-1)[:, None, None, :].expand(-1, heads, x.shape[1], -1)
+        else:
+            q = torch.einsum("bld,hde->bhle", x, attn.W_Q.double())
+            k = torch.einsum("bld,hde->bhle", x, attn.W_K.double())
+            scores = q @ k.transpose(-1, -2) / math.sqrt(w_v.shape[-1]) + kb[:, None, None, :]
+            alpha = torch.softmax(scores, dim=-1)
+        patterns.append(alpha)
+        values = torch.einsum("bld,hde->bhle", x, w_v) + b_v[None, :, None, :]
+        out = torch.einsum("bhle,hed->bld", alpha @ values, w_o)
+        y = x + out if block.residual else out
+        if block.ln is not None:
+            ln = block.ln[0]
+            y = F.layer_norm(y, y.shape[-1:], ln.weight.double(), ln.bias.double(), ln.eps)
+        if block.ffn is not None:
+            lin1, lin2 = block.ffn[0], block.ffn[2]
+            hidden = F.gelu(y @ lin1.weight.double().T + lin1.bias.double())
+            f = hidden @ lin2.weight.double().T + lin2.bias.double()
+            y = y + f if block.residual else f
+            if block.ln is not None:
+                ln = block.ln[1]
+                y = F.layer_norm(y, y.shape[-1:], ln.weight.double(), ln.bias.double(), ln.eps)
+        x = y
+    if model.decoder == "trained":
+        logits = x @ model.W_U.double()
+    elif model.decoder == "tied":
+        logits = x @ model.W_E.double().T
+    else:
+        logits = x
+    return logits + model.b_U.double(), patterns
+
+
+MODELS = {
+    "B": {"preset": "B"},
+    "C": {"preset": "C"},
+    "D": {"preset": "D"},
+    "A": {"preset": "A"},
+    "B-2-layers": {"preset": "B", "n_layers": 2},
+    "B-residual-2-layers": {"preset": "B", "residual": True, "n_layers": 2},
+    "multihead-trained": {
+        "embedding": "trained",
+        "d_model": 32,
+        "n_heads": 4,
+        "d_head": 6,
+        "output": "trained",
+        "decoder": "trained",
+        "decoder_bias": True,
+    },
+    "standard-block-2-layers": {
+        "embedding": "trained",
+        "d_model": 32,
+        "n_heads": 4,
+        "output": "trained",
+        "decoder": "trained",
+        "residual": True,
+        "layer_norm": True,
+        "ffn": True,
+        "n_layers": 2,
+    },
+    "onehot-residual-2-layers": {"preset": "D", "residual": True, "n_layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    data = {"doc_len_min": 6, "doc_len_max": 12}
+    ids = sample_documents(DataConfig(**data), 5, generator(3, "model-docs")).ids
+    batch = corrupt(ids, MaskingConfig(), 104, generator(3, "model-mask"))
+    assert (batch.ids == MASK).any() and (batch.ids == PAD).any() and torch.isneginf(batch.key_bias).any()
+    return data, batch
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("bias", ["mask", "weighted"])
+def test_fast_path_equals_plain_attention(name, bias, inputs):
+    data, batch = inputs
+    cfg = validate({"model": MODELS[name], "data": data})
+    model = build_model(cfg)
+    _randomise(model, generator(4, name))
+    key_bias = batch.key_bias.clone()
+    if bias == "weighted":  # finite, unequal key weights, as population mode's log μ
+        key_bias = key_bias + torch.randn(key_bias.shape, generator=generator(5, "kb"))
+    expected, expected_patterns = _reference(model, batch.ids, key_bias)
+    b, n = batch.ids.shape
+    scale = float(expected.abs().max())
+    assert scale > 0.1  # the comparison is not between zeros
+
+    with torch.no_grad():
+        logits, patterns = model(batch.ids, key_bias)
+    assert logits.shape[0] == b and logits.shape[1] in (1, n) and logits.shape[2] == num_ids(cfg.data)
+    if logits.shape[1] == 1:  # every position alike: only allowed when attention is uniform and there is no residual
+        assert cfg.model.attention == "uniform" and not cfg.model.residual
+        # and then the reference positions are indeed all equal
+        assert torch.allclose(expected, expected[:, :1].expand_as(expected), atol=1e-9 * scale)
+    assert torch.allclose(logits.double().expand(b, n, -1), expected, atol=2e-5 * scale, rtol=1e-4)
+    assert len(patterns) == cfg.model.n_layers
+    for k, (got, ref) in enumerate(zip(patterns, expected_patterns, strict=True)):
+        if k > 0 and got.shape[-1] == 1:
+            # documented: after a uniform layer without residual all positions are equal and stand as one
+            # position, attended with weight one (the reference's own layer input is indeed constant over positions)
+            assert cfg.model.attention == "uniform" and not cfg.model.residual
+            assert torch.equal(got, torch.ones_like(got))
+            continue
+        assert torch.allclose(got.double().expand_as(ref), ref, atol=2e-5)
+
+    # a subset of query positions (some of them PAD positions: allowed, they are just not used by the loss)
+    query_index = torch.randint(0, n, (b, 5), generator=generator(6, "q"))
+    with torch.no_grad():
+        logits_q, patterns_q = model(batch.ids, key_bias, query_index)
+    picked = expected.gather(1, query_index[..., None].expand(-1, -1, expected.shape[-1]))
+    assert logits_q.shape[1] in (1, 5)
+    assert torch.allclose(logits_q.double().expand(b, 5, -1), picked, atol=2e-5 * scale, rtol=1e-4)
+    last = expected_patterns[-1]
+    picked_pattern = last.gather(2, query_index[:, None, :, None].expand(-1, last.shape[1], -1, n))
+    if patterns_q[-1].shape[-1] == n:
+        assert torch.allclose(patterns_q[-1].double().expand_as(picked_pattern), picked_pattern, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "model_cfg, d_model, heads, d_head",
+    [
+        ({"preset": "D"}, 104, 1, 104),
+        ({"embedding": "trained", "d_model": 32, "n_heads": 4, "output": "trained", "decoder": "trained"}, 32, 4, 8),
+        (
+            {
+                "embedding": "trained",
+                "d_model": 32,
+                "n_heads": 4,
+                "d_head": 6,
+                "output": "trained",
+                "decoder": "trained",
+            },
+            32,
+            4,
+            6,
+        ),
+    ],
+)
+def test_weight_shapes(model_cfg, d_model, heads, d_head):
+    model = build_model(validate({"model": model_cfg}))
+    attn = model.blocks[0].attn
+    assert tuple(model.W_E.shape) == (104, d_model)
+    for w in (attn.W_Q, attn.W_K, attn.W_V):
+        assert tuple(w.shape) == (heads, d_model, d_head)
+    assert tuple(attn.b_V.shape) == (heads, d_head)
+    assert tuple(attn.W_O.shape) == (heads, d_head, d_model)
+    assert tuple(model.unembed().shape) == (d_model, 104)
+    if model_cfg.get("decoder") == "trained":
+        assert tuple(model.W_U.shape) == (d_model, 104)
+
+
+def test_presets_start_as_the_spec_says():
+    """Regime C freezes W^V to the topic-block 0/1 matrix; regime B starts W^V small; both read one-hot inputs."""
+    c = build_model(validate({"model": {"preset": "C"}}))
+    block = torch.zeros(104, 104)
+    for i in range(100):
+        for j in range(100):
+            block[NUM_SPECIALS + i, NUM_SPECIALS + j] = float(i // 10 == j // 10)
+    assert torch.equal(c.blocks[0].attn.W_V[0], block)
+    assert not c.blocks[0].attn.W_V.requires_grad and c.blocks[0].attn.W_Q.requires_grad
+    assert torch.equal(c.W_E, torch.eye(104)) and not c.W_E.requires_grad
+    b = build_model(validate({"model": {"preset": "B"}}))
+    assert b.blocks[0].attn.uniform and b.blocks[0].attn.W_V.requires_grad
+    # 'small' init: centred N(0, 0.01²) over 104² = 10816 entries; SE(mean) = 0.01/sqrt(n), SE(sd) ≈ 0.01/sqrt(2n)
+    w_v = b.blocks[0].attn.W_V.detach().double()
+    assert abs(float(w_v.mean())) < 5 * 0.01 / math.sqrt(10816)
+    assert abs(float(w_v.std()) - 0.01) < 5 * 0.01 / math.sqrt(2 * 10816)
+    assert END == 3 and START == 2  # the layout the inputs above rely on

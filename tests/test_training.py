@@ -1,0 +1,49 @@
+"""Trained models against the theory's prediction, in settings small enough for the default suite."""
+
+import pytest
+
+from toyformer import config
+from toyformer.train.topic import run_topic
+
+SMALL = ["data.train_docs=2000", "data.dev_docs=100", "theory.samples=4000", "train.probes=8", "probes.docs=16"]
+
+
+def _final(tmp_path, recipe, extra):
+    cfg = config.load(recipe, [*SMALL, *extra])
+    summary = run_topic(cfg, out=tmp_path / "run", figures=False).summary()
+    return summary["final"], summary["theory"]
+
+
+def test_regime_b_squared_reaches_the_closed_form(tmp_path):
+    final, theory = _final(tmp_path, "topic/s2-squared", ["train.steps=600"])
+    contrast = theory["wv_same_topic"] - theory["wv_diff_topic"]
+    assert final["wv_same_topic"] - final["wv_diff_topic"] == pytest.approx(contrast, rel=0.1)
+    excess = (final["wv_same_word"] - final["wv_same_topic"]) - (theory["wv_same_word"] - theory["wv_same_topic"])
+    assert abs(excess) <= 0.1 * contrast
+    assert final["loss_train"] < 0.0095  # the untrained model's squared loss is ~1/104 ≈ 0.0096
+
+
+def test_l2_acts_and_moves_the_optimum_to_the_ridge_solution(tmp_path):
+    plain, _ = _final(tmp_path / "a", "topic/s2-squared", ["train.steps=600"])
+    ridge, theory = _final(tmp_path / "b", "topic/s2-squared", ["train.steps=600", "train.l2=0.0002"])
+    assert ridge["norm_value"] < 0.8 * plain["norm_value"]
+    contrast = theory["wv_same_topic"] - theory["wv_diff_topic"]
+    assert contrast < 0.09  # the penalty shrinks the predicted contrast below the unregularised ≈ 0.101
+    assert ridge["wv_same_topic"] - ridge["wv_diff_topic"] == pytest.approx(contrast, rel=0.1)
+
+
+def test_regime_c_attention_becomes_topic_aligned(tmp_path):
+    final, _ = _final(tmp_path, "topic/s3", ["train.steps=400"])
+    assert final["attn_same_topic"] > 1.2 * final["attn_diff_topic"]
+    assert final["qk_same_topic"] > final["qk_diff_topic"]
+
+
+def test_regime_a_embeddings_become_topic_aligned(tmp_path):
+    final, _ = _final(tmp_path, "topic/s1", ["train.steps=300"])
+    assert final["emb_same_topic"] > final["emb_diff_topic"] + 0.5
+
+
+def test_frozen_components_do_not_move(tmp_path):
+    final, _ = _final(tmp_path, "topic/s3", ["train.steps=20"])
+    assert "dist_value" not in final and "dist_embedding" not in final  # frozen: not among the trained groups
+    assert final["wv_same_topic"] == 1.0 and final["wv_diff_topic"] == 0.0  # W^V stays the 0/1 topic-block matrix
