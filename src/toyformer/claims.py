@@ -41,17 +41,27 @@ def value(text: str, final: dict, theory: dict) -> float | None:
     return total
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
 def check(claim: Claim, final: dict, theory: dict) -> dict:
+    """``expected`` states the claim in its own terms; ``against`` with the numbers it was compared with."""
     left, right = value(claim.left, final, theory), value(claim.right, final, theory)
-    expected = (
-        f"{claim.left} {claim.op} {claim.factor:g}·({claim.right})"
-        if claim.factor != 1
-        else (f"{claim.left} {claim.op} {claim.right}")
-    )
+    out = {"name": claim.name, "measured": left, "reference": right}
     if claim.op == "close":
         scale = value(claim.scale, final, theory) if claim.scale else right
-        expected = f"|{claim.left} − ({claim.right})| <= {claim.rel:g}·|{claim.scale or claim.right}|"
         ok = None not in (left, right, scale) and abs(left - right) <= claim.rel * abs(scale)
-        return {"name": claim.name, "ok": bool(ok), "measured": left, "expected": expected, "reference": right}
+        tolerance = None if scale is None else claim.rel * abs(scale)
+        return out | {
+            "ok": bool(ok),
+            "expected": f"|{claim.left} − ({claim.right})| <= {claim.rel:g}·|{claim.scale or claim.right}|",
+            "against": f"{_num(right)} ± {_num(tolerance)}",
+        }
     ok = left is not None and right is not None and _OPS[claim.op](left, claim.factor * right)
-    return {"name": claim.name, "ok": bool(ok), "measured": left, "expected": expected, "reference": right}
+    factor = f"{claim.factor:g}·" if claim.factor != 1 else ""
+    return out | {
+        "ok": bool(ok),
+        "expected": f"{claim.left} {claim.op} {factor}({claim.right})",
+        "against": f"{claim.op} {factor}{_num(right)}",
+    }

@@ -6,6 +6,7 @@ crash or SIGKILL never leaves a corrupt checkpoint or summary; a run is complete
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -36,16 +37,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def atomic_save(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def _git_commit() -> str | None:

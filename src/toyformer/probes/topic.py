@@ -2,8 +2,9 @@
 ``measure(model) -> {name: number}``; all are vectorised (no loops over tokens or token pairs).
 
 Matrices are read in id space, whatever the width: the embedding Gram W_E W_Eᵀ; the OV circuit W_E W_V W_O W_U
-(in regime B this is W^V itself; in regime A with a tied decoder it is EEᵀ); the QK circuit W_E W_Q W_Kᵀ W_Eᵀ.
-Layer 0 is read: OV summed over heads (the layer's total map), QK averaged over heads.
+(in regime B this is W^V itself; in regime A with a tied decoder it is EEᵀ), composed over layers; the QK circuit
+W_E W_Q W_Kᵀ W_Eᵀ of layer 0. OV is summed over heads (the layer's total map), QK averaged over heads. Attention
+statistics are reported for layer 0 (``attn_*``) and for every later layer (``attn_*_layer1``, …).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from toyformer.theory.topic import class_means
 from toyformer.train.losses import model_loss
 
 
-def ov_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor:
-    attn = model.blocks[layer].attn
-    ov = torch.einsum("hde,hef->df", attn.W_V, attn.W_O)
-    return model.W_E @ ov @ model.unembed()
+def ov_circuit(model: TopicTransformer) -> torch.Tensor:
+    """W_E · Π_l (Σ_h W_V W_O)_l · W_U: the id → logit map of the all-attention path (regime B: W^V itself)."""
+    ov = model.W_E
+    for block in model.blocks:
+        ov = ov @ torch.einsum("hde,hef->df", block.attn.W_V, block.attn.W_O)
+    return ov @ model.unembed()
 
 
 def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
@@ -52,7 +55,8 @@ class CircuitStructure:
 
 def attention_class_means(pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor) -> dict[str, float]:
     """Mean attention per class of ordered token pairs (i, j), i = j included, each value scaled by n/100 (n = the
-    number of keys of the query) so that uniform attention reads 0.01.
+    document's tokens, all of them keys on the uncorrupted documents this is meant for) so that uniform attention
+    reads 0.01.
 
     pattern: (B, Lq, L) with Lq = L or 1 (every query alike); ids: (B, L) with PAD after the end;
     id_topics: (V, T) bool. Classes: empty (either token has no topic), else same token, else same topic (topic
@@ -89,7 +93,12 @@ class AttentionClasses:
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         _, patterns = model(self.ids, self.key_bias)
-        return attention_class_means(patterns[0].mean(1), self.ids, self.id_topics)
+        out = {}
+        for layer, pattern in enumerate(patterns):
+            suffix = f"_layer{layer}" if layer else ""
+            means = attention_class_means(pattern.mean(1), self.ids, self.id_topics)
+            out |= {k + suffix: v for k, v in means.items()}
+        return out
 
 
 class Norms:

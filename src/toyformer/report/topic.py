@@ -38,13 +38,18 @@ def write_figures(run: Run, experiment) -> list[str]:
     out.mkdir(exist_ok=True)
     written = []
     with torch.no_grad():
-        mats = [("embedding Gram EEᵀ", model.W_E @ model.W_E.T), ("OV circuit (W^V)", ov_circuit(model))]
+        mats = [("OV circuit (W^V)", ov_circuit(model)[words, words])]
+        if cfg.model.embedding == "trained":
+            mats.insert(0, ("embedding Gram EEᵀ", (model.W_E @ model.W_E.T)[words, words]))
         qk = qk_circuit(model)
         if qk is not None:
-            mats.append(("QK circuit (W_QᵀW_K)", qk))
+            # softmax ignores per-query constants and per-key saliences swamp the picture: show both removed
+            qk = qk[words, words]
+            qk = qk - qk.mean(0, keepdim=True) - qk.mean(1, keepdim=True) + qk.mean()
+            mats.append(("QK circuit (W_QᵀW_K), double-centred", qk))
         fig, axes = plt.subplots(1, len(mats), figsize=(5.2 * len(mats), 4.5))
         for ax, (title, m) in zip(list(axes) if len(mats) > 1 else [axes], mats, strict=True):
-            _heatmap(ax, m[words, words], title, block)
+            _heatmap(ax, m, title, block)
         fig.tight_layout()
         fig.savefig(out / "matrices.png", dpi=110)
         plt.close(fig)

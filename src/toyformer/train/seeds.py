@@ -42,6 +42,7 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
                 "name": claim.name,
                 "ok": share >= claim.min_share,
                 "share": share,
+                "min_share": claim.min_share,
                 "measured": [s["checks"][i]["measured"] for s in summaries],
                 "expected": f"{summaries[0]['checks'][i]['expected']} in >= {claim.min_share:.0%} of seeds",
             }
