@@ -65,12 +65,16 @@ class Documents:
     theta: torch.Tensor  # (n, T) topic mixtures
 
 
-def sample_documents(cfg: DataConfig, n: int, gen: torch.Generator, device="cpu") -> Documents:
-    phi = topic_word_matrix(cfg).to(device)
+def sample_documents(
+    cfg: DataConfig, n: int, gen: torch.Generator, device="cpu", phi: torch.Tensor | None = None
+) -> Documents:
+    """``n`` documents; ``phi`` is Φ on ``device`` when the caller keeps it (it is rebuilt otherwise)."""
+    phi = topic_word_matrix(cfg).to(device) if phi is None else phi
     theta = sample_mixtures(cfg, n, gen, device)
-    mu = theta @ phi  # (n, n_words)
+    cdf = torch.cumsum(theta @ phi, dim=1)  # (n, n_words): words by inverse CDF, all draws at once
     lengths = torch.randint(cfg.doc_len_min, cfg.doc_len_max + 1, (n,), generator=gen, device=device)
-    words = torch.multinomial(mu, cfg.doc_len_max, replacement=True, generator=gen) + NUM_SPECIALS
+    u = torch.rand(n, cfg.doc_len_max, generator=gen, dtype=cdf.dtype, device=device) * cdf[:, -1:]
+    words = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1) + NUM_SPECIALS
     pos = torch.arange(cfg.doc_len_max, device=device)
     words = torch.where(pos < lengths[:, None], words, PAD)
     if not cfg.start_end:
@@ -107,7 +111,9 @@ def corrupt(ids: torch.Tensor, cfg: MaskingConfig, n_ids: int, gen: torch.Genera
     return Batch(inputs, key_bias, labels=ids, weight=selected.float())
 
 
-def population_batch(theta: torch.Tensor, data: DataConfig, masking: MaskingConfig) -> Batch:
+def population_batch(
+    theta: torch.Tensor, data: DataConfig, masking: MaskingConfig, phi: torch.Tensor | None = None
+) -> Batch:
     """The N → ∞ limit of a batch of documents with mixtures θ, with the corruption averaged exactly.
 
     Every id appears once as a position (id k at position k). Keys are the words, weighted by the document's word
@@ -117,7 +123,7 @@ def population_batch(theta: torch.Tensor, data: DataConfig, masking: MaskingConf
     the random pool with p_r·μ(w)/|pool|. Each document's weights sum to one.
     """
     n, v = theta.shape[0], num_ids(data)
-    mu_words = (theta @ topic_word_matrix(data).to(theta)).float()
+    mu_words = (theta @ (topic_word_matrix(data) if phi is None else phi).to(theta)).float()
     mu = torch.zeros(n, v, device=theta.device)
     mu[:, NUM_SPECIALS:] = mu_words
     ids = torch.arange(v, device=theta.device).expand(n, v)

@@ -11,7 +11,14 @@ import torch
 
 from toyformer.config import ExperimentConfig, num_ids
 from toyformer.data.batch import Batch
-from toyformer.data.lda import Documents, corrupt, population_batch, sample_documents, sample_mixtures
+from toyformer.data.lda import (
+    Documents,
+    corrupt,
+    population_batch,
+    sample_documents,
+    sample_mixtures,
+    topic_word_matrix,
+)
 from toyformer.random import generator
 
 
@@ -20,6 +27,7 @@ class TopicStream:
         self.cfg, self.device, self.seed = cfg, torch.device(device), cfg.seed
         self.n_ids = num_ids(cfg.data)
         self.batch_size = cfg.train.batch_size
+        self.phi = topic_word_matrix(cfg.data).to(self.device)
         self.dev = self._make("dev", cfg.data.dev_docs)
         self._order: tuple[int, torch.Tensor | None] = (-1, None)  # the current epoch's visiting order
         self.train = self._make("train", cfg.data.train_docs) if cfg.data.split == "fixed" else None
@@ -44,8 +52,8 @@ class TopicStream:
         if self.train is None:
             if data.population:
                 theta = sample_mixtures(data, b, self._gen("docs", step), self.device)
-                return population_batch(theta, data, masking)
-            ids = sample_documents(data, b, self._gen("docs", step), self.device).ids
+                return population_batch(theta, data, masking, self.phi)
+            ids = sample_documents(data, b, self._gen("docs", step), self.device, self.phi).ids
             return corrupt(ids, masking, self.n_ids, self._gen("mask", step))
         per_epoch = len(self.train) // b
         epoch, k = divmod(step, per_epoch)
