@@ -46,7 +46,11 @@ class CircuitStructure:
         ov = ov_circuit(model)
         out = class_means(model.W_E @ model.W_E.T, self.classes, "emb")
         out |= class_means(ov, self.classes, "wv")
-        out |= class_means(ov.T @ ov, self.classes, "wv_gram")
+        # W^VᵀW^V over inputs (inputs' value vectors are rows here), after removing what a trained bias absorbs:
+        # each output's mean over the input words. Without that, a shared offset swamps every class.
+        words = self.classes["same_word"].diagonal()
+        centred = ov - ov[words].mean(0, keepdim=True)
+        out |= class_means(centred @ centred.T, self.classes, "wv_gram")
         qk = qk_circuit(model)
         if qk is not None:
             out |= class_means(qk, self.classes, "qk")
