@@ -130,7 +130,7 @@ def run(
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run directory")] = None,
 ) -> None:
     """Train a recipe; prints the run directory as the last line."""
-    from toyformer.runs import Run
+    from toyformer.runs import Run, default_dir
     from toyformer.train.seeds import run_seeds
 
     try:
@@ -144,10 +144,12 @@ def run(
             overrides = list(set_ or []) + ([f"device={device}"] if device else [])
             cfg = config_mod.load(recipe, overrides, seed)
             seed_list = parse_seeds(seeds) if seeds else cfg.seeds
-            if seed_list:
-                path = run_seeds(cfg, seed_list, out, _train)
-            else:
-                path = _train(cfg, out).path
+            out = out or default_dir(cfg, "seeds" if seed_list else f"s{cfg.seed}")
+            try:
+                path = run_seeds(cfg, seed_list, out, _train) if seed_list else _train(cfg, out).path
+            except KeyboardInterrupt:
+                console.print(f"interrupted: continue with `toyformer run --resume {out}`", highlight=False)
+                raise typer.Exit(130) from None
         summary = Run(path).summary()
         _print_checks(summary, f"{summary['name']}: claims")
     except ConfigError as e:

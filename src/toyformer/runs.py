@@ -67,6 +67,11 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def default_dir(cfg: ExperimentConfig, tag: str, root: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return root / f"{cfg.name.replace('/', '-')}-{tag}-{stamp}"
+
+
 class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -74,10 +79,7 @@ class Run:
     # -- creation and loading ----------------------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: ExperimentConfig, out: Path | None = None, root: Path = Path("runs")) -> Run:
-        if out is None:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-            out = root / f"{cfg.name.replace('/', '-')}-s{cfg.seed}-{stamp}"
-        out = Path(out)
+        out = Path(out) if out is not None else default_dir(cfg, f"s{cfg.seed}", root)
         if out.exists() and any(out.iterdir()):
             raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")
         run = cls(out)

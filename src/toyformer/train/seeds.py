@@ -7,14 +7,13 @@ interval of the mean. A group is complete exactly when its summary.json exists; 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 from toyformer.config import ExperimentConfig, validate
-from toyformer.runs import Run, atomic_write
+from toyformer.runs import Run, atomic_write, default_dir
 
 
 def _member(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -58,10 +57,7 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
 
 def run_seeds(cfg: ExperimentConfig, seeds: list[int], out: Path | None, train: Callable) -> Path:
     """Run every seed (``train(cfg, out)`` trains one) and write the group summary; returns the group directory."""
-    if out is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        out = Path("runs") / f"{cfg.name.replace('/', '-')}-seeds-{stamp}"
-    out = Path(out)
+    out = Path(out) if out is not None else default_dir(cfg, "seeds")
     out.mkdir(parents=True, exist_ok=True)
     raw = cfg.model_dump(mode="json", exclude_none=True) | {"seeds": seeds}
     atomic_write(out / "group.json", json.dumps({"seeds": seeds, "config": raw}, indent=2))
