@@ -142,6 +142,9 @@ def _randomise(model, gen):
 def _reference(model, ids, key_bias):
     """logits (B, L, V) and patterns [(B, H, L, L)] in float64, straight from the weights."""
     x = model.W_E.double()[ids]
+    if hasattr(model, "ln_embed"):  # parity: LN(W_E[ids] + token-type vector)
+        ln = model.ln_embed
+        x = F.layer_norm(x + model.type_vector.double(), x.shape[-1:], ln.weight.double(), ln.bias.double(), ln.eps)
     kb = key_bias.double()
     patterns = []
     for block in model.blocks:
@@ -208,6 +211,13 @@ MODELS = {
         "n_layers": 2,
     },
     "onehot-residual-2-layers": {"preset": "D", "residual": True, "n_layers": 2},
+    "official-parity": {
+        "embedding": "trained",
+        "embedding_norm": True,
+        "output": "trained",
+        "decoder": "trained",
+        "decoder_bias": True,
+    },
 }
 
 

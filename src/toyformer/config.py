@@ -160,6 +160,9 @@ class ModelConfig(Strict):
     output_init: Literal["default", "bert", "small"] = "default"
     init_scale: float = Field(0.01, gt=0.0, description="scale of the 'small' init")
     init_centered: bool = Field(True, description="'small' init centred (N(0, s²)) or non-negative (|N(0, s²)|)")
+    embedding_norm: bool = Field(
+        False, description="official-code parity: add a trained token-type vector, then a trained LayerNorm"
+    )
     value_bias: bool = True
     decoder_bias: bool = False
     residual: bool = False

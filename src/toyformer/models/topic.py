@@ -24,6 +24,8 @@ from toyformer.config import ModelConfig
 
 GROUP_OF = {
     "W_E": "embedding",
+    "type_vector": "embedding",
+    "ln_embed": "norm",
     "W_Q": "query",
     "W_K": "key",
     "W_V": "value",
@@ -114,7 +116,7 @@ class Attention(nn.Module):
         ids: torch.Tensor | None = None,
     ):
         """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
-        table, ids: W_E and the token ids when x is the embedding of ids (the fast path of layer 0)."""
+        table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0)."""
         if x.shape[1] == 1:
             key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
         xq, qids = x, ids
@@ -165,6 +167,9 @@ class TopicTransformer(nn.Module):
         init = Initializer(cfg, gen, topic_block)
         emb = torch.eye(n_ids) if cfg.embedding == "onehot" else init((n_ids, d_model), cfg.embedding_init, n_ids)
         self.W_E = nn.Parameter(emb)
+        if cfg.embedding_norm:  # parity with the official BERT embedding: + token-type vector, then LayerNorm
+            self.type_vector = nn.Parameter(torch.zeros(d_model))
+            self.ln_embed = nn.LayerNorm(d_model)
         self.blocks = nn.ModuleList([Block(cfg, d_model, d_head, init) for _ in range(cfg.n_layers)])
         self.decoder = cfg.decoder
         if cfg.decoder == "trained":
@@ -178,6 +183,12 @@ class TopicTransformer(nn.Module):
     def position_independent(self) -> bool:
         """True when every position of a document gets the same output (uniform attention, no residual)."""
         return all(b.attn.uniform and not b.residual for b in self.blocks)
+
+    def embedding_table(self) -> torch.Tensor:
+        """(n_ids, d_model): the input vector of every id (W_E, or LN(W_E + type vector) in parity mode)."""
+        if hasattr(self, "ln_embed"):
+            return self.ln_embed(self.W_E + self.type_vector)
+        return self.W_E
 
     def unembed(self) -> torch.Tensor:
         """W_U as a (d_model, n_ids) matrix, whatever the decoder switch."""
@@ -195,11 +206,12 @@ class TopicTransformer(nn.Module):
         ids, key_bias: (B, L); query_index: (B, Lq) the positions whose logits are wanted (default all, Lq = L).
         Lq is 1 when every position has the same output (uniform attention without a residual).
         """
-        x = F.embedding(ids, self.W_E)  # (B, L, d_model)
+        table = self.embedding_table()
+        x = F.embedding(ids, table)  # (B, L, d_model)
         patterns = []
         for k, block in enumerate(self.blocks):
             last = k == len(self.blocks) - 1
-            x, pattern = block(x, key_bias, query_index if last else None, self.W_E if k == 0 else None, ids)
+            x, pattern = block(x, key_bias, query_index if last else None, table if k == 0 else None, ids)
             patterns.append(pattern)
         logits = x if self.decoder == "identity" else x @ self.unembed()
         return logits + self.b_U, patterns

@@ -1,7 +1,8 @@
 """What is measured on a topic model over training, spec §6. Each probe is a small object with one method,
 ``measure(model) -> {name: number}``; all are vectorised (no loops over tokens or token pairs).
 
-Matrices are read in id space, whatever the width: the embedding Gram W_E W_Eᵀ; the OV circuit W_E W_V W_O W_U
+Matrices are read in id space, whatever the width, with W_E the input vector of each id (``embedding_table``):
+the embedding Gram W_E W_Eᵀ; the OV circuit W_E W_V W_O W_U
 (in regime B this is W^V itself; in regime A with a tied decoder it is EEᵀ), composed over layers; the QK circuit
 W_E W_Q W_Kᵀ W_Eᵀ of layer 0. OV is summed over heads (the layer's total map), QK averaged over heads. Attention
 statistics are reported for layer 0 (``attn_*``) and for every later layer (``attn_*_layer1``, …).
@@ -21,7 +22,7 @@ from toyformer.train.losses import model_loss
 
 def ov_circuit(model: TopicTransformer) -> torch.Tensor:
     """W_E · Π_l (Σ_h W_V W_O)_l · W_U: the id → logit map of the all-attention path (regime B: W^V itself)."""
-    ov = model.W_E
+    ov = model.embedding_table()
     for block in model.blocks:
         ov = ov @ torch.einsum("hde,hef->df", block.attn.W_V, block.attn.W_O)
     return ov @ model.unembed()
@@ -32,7 +33,8 @@ def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
     if attn.uniform:
         return None
     qk = torch.einsum("hde,hfe->df", attn.W_Q, attn.W_K) / attn.W_Q.shape[0]
-    return model.W_E @ qk @ model.W_E.T
+    table = model.embedding_table()
+    return table @ qk @ table.T
 
 
 class CircuitStructure:
@@ -44,7 +46,8 @@ class CircuitStructure:
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         ov = ov_circuit(model)
-        out = class_means(model.W_E @ model.W_E.T, self.classes, "emb")
+        table = model.embedding_table()
+        out = class_means(table @ table.T, self.classes, "emb")
         out |= class_means(ov, self.classes, "wv")
         # W^VᵀW^V over inputs (inputs' value vectors are rows here), after removing what a trained bias absorbs:
         # each output's mean over the input words. Without that, a shared offset swamps every class.

@@ -40,7 +40,8 @@ def write_figures(run: Run, experiment) -> list[str]:
     with torch.no_grad():
         mats = [("OV circuit (W^V)", ov_circuit(model)[words, words])]
         if cfg.model.embedding == "trained":
-            mats.insert(0, ("embedding Gram EEᵀ", (model.W_E @ model.W_E.T)[words, words]))
+            table = model.embedding_table()
+            mats.insert(0, ("embedding Gram EEᵀ", (table @ table.T)[words, words]))
         qk = qk_circuit(model)
         if qk is not None:
             # softmax ignores per-query constants and per-key saliences swamp the picture: show both removed
@@ -65,7 +66,9 @@ def write_figures(run: Run, experiment) -> list[str]:
             order = torch.argsort(ids[:n], stable=True)  # group tokens by id, hence by topic
             att = pattern[k].expand(len(ids), len(ids))[:n, :n][order][:, order] * n / 100
             im = ax.imshow(att.cpu().numpy(), cmap="viridis", interpolation="nearest")
-            ax.set_title(f"dev document {k}: attention ×n/100 (tokens sorted by id)", fontsize=9)
+            ax.set_title(f"dev document {k}: attention ×n/100", fontsize=9)
+            ax.set_xlabel("key (tokens sorted by id, so by topic)")
+            ax.set_ylabel("query")
             plt.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
         fig.savefig(out / "attention.png", dpi=110)
