@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+STAGE_GROUPS = ("embedding", "value", "key", "query")  # the components whose onsets the topic runs report
+
 
 def onset_step(
     steps: Sequence[int], distance: Sequence[float], fraction: float = 0.1, floor: float = 1e-8

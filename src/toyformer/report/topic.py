@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from toyformer.config import NUM_SPECIALS, PAD  # noqa: E402
-from toyformer.probes.stages import onsets  # noqa: E402
+from toyformer.probes.stages import STAGE_GROUPS, onsets  # noqa: E402
 from toyformer.probes.topic import ov_circuit, qk_circuit  # noqa: E402
 from toyformer.runs import Run  # noqa: E402
 
@@ -81,10 +81,10 @@ def write_figures(run: Run, experiment) -> list[str]:
         ("loss", ["loss_train", "loss_dev"]),
         ("block contrast", ["wv_same_word", "wv_same_topic", "wv_diff_topic", "emb_same_topic", "emb_diff_topic"]),
         ("attention class means", ["attn_same_token", "attn_same_topic", "attn_diff_topic"]),
-        ("distance from init", [f"dist_{g}" for g in ("embedding", "value", "key", "query")]),
-        ("gradient norm", [f"grad_{g}" for g in ("embedding", "value", "key", "query")]),
+        ("distance from init", [f"dist_{g}" for g in STAGE_GROUPS]),
+        ("gradient norm", [f"grad_{g}" for g in STAGE_GROUPS]),
     ]
-    marks = onsets(records, ("embedding", "value", "key", "query"), cfg.probes.onset_fraction)
+    marks = onsets(records, STAGE_GROUPS, cfg.probes.onset_fraction)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
     for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:

@@ -12,15 +12,13 @@ from toyformer.config import ConfigError, ExperimentConfig, num_ids
 from toyformer.data.lda import id_topics, topic_block_matrix
 from toyformer.data.stream import TopicStream
 from toyformer.models.topic import TopicTransformer
-from toyformer.probes.stages import onsets
+from toyformer.probes.stages import STAGE_GROUPS, onsets
 from toyformer.probes.topic import AttentionClasses, CircuitStructure, DevLoss, Norms, OptimumDistance
 from toyformer.random import generator
 from toyformer.runs import Run
 from toyformer.theory.topic import pair_classes, predictions
 from toyformer.train.loop import Loop, log_schedule
 from toyformer.train.losses import l2_penalty, model_loss
-
-STAGE_GROUPS = ("embedding", "value", "key", "query")
 
 
 def build_model(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> TopicTransformer:
