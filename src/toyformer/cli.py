@@ -201,6 +201,97 @@ def theory_topic(
     out_console.print(table)
 
 
+def _offsets(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(x) for x in text.split(",")}))
+    except ValueError:
+        values = ()
+    if not values or values[0] < 1:
+        raise ConfigError(f"{flag} {text!r}: write positive offsets separated by commas, e.g. {flag} 1,2")
+    return values
+
+
+@theory_app.command("ngram")
+def theory_ngram(
+    d: Annotated[int, typer.Option("--d", help="vocabulary size")] = 3,
+    parents: Annotated[str, typer.Option(help="parent offsets, e.g. 1,2 or 1,3")] = "1,2",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of each kernel row")] = 0.1,
+    heads: Annotated[int, typer.Option(help="H, heads of the copier")] = 3,
+    degree: Annotated[int, typer.Option(help="D, the selector's largest subset")] = 2,
+    layout: Annotated[str, typer.Option(help="code (head h copies offset h) or paper (window 1..M)")] = "code",
+    window: Annotated[int | None, typer.Option(help="M, the paper layout's window")] = None,
+    kernels: Annotated[int, typer.Option(help="kernels drawn from the prior for the expectation")] = 2000,
+    seed: Annotated[int, typer.Option(help="seed of the kernel draws")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The subset table of the modified χ² mutual information and the predicted S* (spec §5)."""
+    from toyformer.theory.ngram import MI, candidate_subsets, head_offsets, predict_subset
+
+    try:
+        pa = _offsets(parents, "--parents")
+        if d < 2 or alpha <= 0 or heads < 1 or kernels < 2:
+            raise ConfigError("--d must be >= 2, --alpha > 0, --heads >= 1 and --kernels >= 2")
+        if layout not in ("code", "paper"):
+            raise ConfigError(f"--layout must be 'code' or 'paper', got {layout!r}")
+        if layout == "paper" and window is None:
+            raise ConfigError("--layout paper needs --window M (each head sees offsets 1..M)")
+        if degree < 1 or degree > heads:
+            raise ConfigError(f"--degree must be in 1..{heads} (the number of heads), got {degree}")
+        reachable = head_offsets(layout, heads, window)
+        outside = [p for p in pa if p not in reachable]
+        if outside:
+            raise ConfigError(
+                f"--parents {outside} outside the offsets the heads can copy ({reachable[0]}..{reachable[-1]}):"
+                " raise --heads or --window"
+            )
+        if d ** (max(max(pa), max(reachable))) > 4096:
+            raise ConfigError("d^(largest offset) must be at most 4096 states: lower --d or the offsets")
+    except ConfigError as e:
+        fail(str(e))
+    prediction = predict_subset(d, pa, alpha, heads, degree, layout, window, kernels, seed)
+    others = {
+        name: predict_subset(d, pa, alpha, heads, degree, layout, window, kernels, seed, loss=name).table
+        for name in MI
+        if name != "nll"
+    }
+    out = {
+        "predicted_subset": prediction.predicted,
+        "mi_modified": {k: v[0] for k, v in prediction.table.items()},
+        "mi_modified_se": {k: v[1] for k, v in prediction.table.items()},
+        "mi_margin": prediction.margin,
+        "mi_margin_se": prediction.margin_se,
+        "mi_standard": {k: v[0] for k, v in others["standard"].items()},
+        "mi_code_ce": {k: v[0] for k, v in others["code-ce"].items()},
+        "kernels": kernels,
+        "candidates": len(candidate_subsets(layout, heads, degree, window)),
+    }
+    if as_json:
+        out_console.print(json.dumps(out, indent=2), highlight=False)
+        return
+    table = Table(
+        title=f"n-gram theory: d={d}, parents {{{','.join(map(str, pa))}}}, α={alpha}, H={heads}, "
+        f"D={degree}, {layout} layout ({kernels} kernels)",
+        title_justify="left",
+    )
+    for col in ("subset S", "modified χ² Ĩ", "± s.e.", "standard χ²", "code-ce"):
+        table.add_column(col, justify="right")
+    for name in sorted(out["mi_modified"], key=lambda k: -out["mi_modified"][k]):
+        mark = " ← S*" if name == prediction.predicted else ""
+        table.add_row(
+            f"{{{name}}}{mark}",
+            f"{out['mi_modified'][name]:.4f}",
+            f"{out['mi_modified_se'][name]:.4f}",
+            f"{out['mi_standard'][name]:.4f}",
+            f"{out['mi_code_ce'][name]:.4f}",
+        )
+    out_console.print(table)
+    out_console.print(
+        f"predicted S* = {{{prediction.predicted}}}, margin to the runner-up {prediction.margin:.1%} "
+        f"(± {prediction.margin_se:.4f} absolute)",
+        highlight=False,
+    )
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
     """Rebuild a finished run's figures from its checkpoint and metrics."""

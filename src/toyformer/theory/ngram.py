@@ -1,0 +1,153 @@
+"""Theory of in-context n-gram chains (paper 2, spec §5): stationary laws, χ² mutual informations, the predicted
+parent subset S*. Pure functions in float64, batched over kernels.
+
+A kernel π of parent offsets pa = (p_1 < … < p_n) is a (K, d^n, d) tensor: row ``code`` is the law of x_l given
+the parents, with code = Σ_k x_{l−p_k}·d^(n−1−k) (the nearest parent is the most significant digit). The chain's
+state is the window of the last m = p_n tokens; a window w = (x_{l−m+1}, …, x_l) is coded oldest-first the same
+way (x_l the least significant digit).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from toyformer.random import dirichlet, generator
+
+
+def parent_code_of_window(d: int, parents: tuple[int, ...], width: int) -> torch.Tensor:
+    """For every window of ``width`` tokens ending at x_{l−1} (coded oldest-first), the code of the parents of x_l."""
+    windows = torch.arange(d**width)
+    digits = torch.stack([(windows // d ** (width - 1 - i)) % d for i in range(width)], dim=1)  # oldest first
+    code = torch.zeros(d**width, dtype=torch.long)
+    for p in parents:  # x_{l−p} is digit width − p of the window ending at x_{l−1}
+        code = code * d + digits[:, width - p]
+    return code
+
+
+def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -> torch.Tensor:
+    """(K, d^m) stationary law of the window of the last m = max(pa) tokens, solved exactly for the whole batch.
+
+    The transition from window w to w' = (w[1:], e) has probability π(e | parents in w). Power iteration is not
+    used: with small α a kernel is nearly deterministic and its chain nearly periodic, where iterates oscillate.
+    Instead μ(P − I) = 0 with Σμ = 1 is solved as a linear system (one equation replaced by the normalisation).
+    Dirichlet kernels have full support, so the chain is irreducible and μ unique.
+    """
+    m = max(parents)
+    k, states = kernel.shape[0], d**m
+    step = kernel.double()[:, parent_code_of_window(d, parents, m), :]  # (K, window, next token)
+    nxt = (torch.arange(states) % d ** (m - 1))[:, None] * d + torch.arange(d)[None, :]  # (window, e) → window'
+    p = torch.zeros(k, states, states, dtype=torch.float64)
+    p.scatter_add_(2, nxt.expand(k, -1, -1), step)
+    a = (p - torch.eye(states, dtype=torch.float64)).transpose(1, 2).clone()
+    a[:, -1, :] = 1.0
+    rhs = torch.zeros(k, states, 1, dtype=torch.float64)
+    rhs[:, -1] = 1.0
+    return torch.linalg.solve(a, rhs).squeeze(-1).clamp_min(0.0)
+
+
+def stationary_joint(kernel: torch.Tensor, d: int, parents: tuple[int, ...], offsets: tuple[int, ...]) -> torch.Tensor:
+    """(K, d^|S|, d): the stationary joint law μ(z, e) of the history z = (x_{l−s})_{s∈S} (coded nearest-first, as
+    parents are) and the token e = x_l, for any offsets S ≥ 1 (inside or outside the parent set)."""
+    m = max(parents)
+    width = max(m, max(offsets))
+    law = stationary_windows(kernel, d, parents)  # (K, d^m)
+    for w in range(m, width):  # extend the window forwards, one token at a time: exact under stationarity
+        code = parent_code_of_window(d, parents, w)
+        law = (law[:, :, None] * kernel.double()[:, code, :]).reshape(law.shape[0], -1)
+    code = parent_code_of_window(d, parents, width)
+    full = law[:, :, None] * kernel.double()[:, code, :]  # (K, window ending at x_{l−1}, x_l)
+    z = parent_code_of_window(d, tuple(offsets), width)
+    out = torch.zeros(kernel.shape[0], d ** len(offsets), d, dtype=torch.float64)
+    return out.index_add_(1, z, full)
+
+
+# Near-deterministic kernels (small α) give histories and tokens of stationary probability 0; their terms are 0, so
+# the denominators below are clamped rather than divided by zero.
+
+
+def modified_chi2_mi(joint: torch.Tensor) -> torch.Tensor:
+    """Ĩ(S) = Σ_{z,e} μ(z,e)²/μ(e) − Σ_z μ(z)²   (the μ(z)²-weighted χ² mutual information)."""
+    mu_e, mu_z = joint.sum(1), joint.sum(2)
+    return (joint**2 / mu_e[:, None, :].clamp_min(1e-300)).sum((1, 2)) - (mu_z**2).sum(1)
+
+
+def chi2_mi(joint: torch.Tensor) -> torch.Tensor:
+    """Standard χ² mutual information Σ_{z,e} μ(z,e)²/(μ(z)μ(e)) − 1."""
+    mu_e, mu_z = joint.sum(1), joint.sum(2)
+    return (joint**2 / (mu_z[:, :, None] * mu_e[:, None, :]).clamp_min(1e-300)).sum((1, 2)) - 1
+
+
+def code_ce_mi(joint: torch.Tensor) -> torch.Tensor:
+    """The code-ce variant: Σ_z μ(z)² Σ_e (μ(e|z) − μ(e))²."""
+    mu_e, mu_z = joint.sum(1), joint.sum(2)
+    cond = joint / mu_z[:, :, None].clamp_min(1e-300)  # a history of probability 0 adds nothing
+    return (mu_z**2 * ((cond - mu_e[:, None, :]) ** 2).sum(2)).sum(1)
+
+
+MI = {"nll": modified_chi2_mi, "code-ce": code_ce_mi, "standard": chi2_mi}
+
+
+def head_offsets(layout: str, heads: int, window: int | None = None) -> list[int]:
+    """Offsets the heads can copy: code layout, head h copies offset h (its window is h..h+H−1, RPE peak at h);
+    paper layout, any offset of the window 1..M."""
+    if layout == "code":
+        return list(range(1, heads + 1))
+    return list(range(1, (window or heads) + 1))
+
+
+def candidate_subsets(layout: str, heads: int, degree: int, window: int | None = None) -> list[tuple[int, ...]]:
+    """Offset subsets the selector can keep: nonempty, at most D of them (and at most H: one head copies one)."""
+    offsets = head_offsets(layout, heads, window)
+    size = min(degree, heads)
+    return [s for r in range(1, size + 1) for s in itertools.combinations(offsets, r)]
+
+
+@dataclass
+class SubsetPrediction:
+    table: dict[str, tuple[float, float]]  # "1,2" → (mean Ĩ over kernels, its Monte-Carlo standard error)
+    predicted: str  # the argmax subset, written like "1,2"
+    margin: float  # relative margin (best − runner-up) / best
+    margin_se: float  # Monte-Carlo standard error of (best − runner-up), paired over the same kernels
+    kernels: int
+
+
+def sample_kernels(
+    n: int, d: int, n_parents: int, alpha: float, gen: torch.Generator, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """(n, d^n_parents, d): every row an independent Dirichlet(α·1_d) draw."""
+    return dirichlet(torch.full((n, d**n_parents, d), alpha, dtype=torch.float64, device=device), gen)
+
+
+def predict_subset(
+    d: int,
+    parents: tuple[int, ...],
+    alpha: float,
+    heads: int,
+    degree: int,
+    layout: str = "code",
+    window: int | None = None,
+    kernels: int = 2000,
+    seed: int = 0,
+    loss: str = "nll",
+) -> SubsetPrediction:
+    """S* = argmax over candidate subsets of E_π Ĩ(S; π), estimated over ``kernels`` prior draws (the same draws for
+    every subset, so differences are paired)."""
+    pi = sample_kernels(kernels, d, len(parents), alpha, generator(seed, "theory-kernels"))
+    subsets = candidate_subsets(layout, heads, degree, window)
+    values = torch.stack([MI[loss](stationary_joint(pi, d, parents, s)) for s in subsets])  # (subsets, K)
+    names = [",".join(map(str, s)) for s in subsets]
+    mean = values.mean(1)
+    se = values.std(1) / kernels**0.5
+    order = torch.argsort(mean, descending=True)
+    best, second = int(order[0]), int(order[1]) if len(order) > 1 else int(order[0])
+    diff = values[best] - values[second]
+    return SubsetPrediction(
+        table={n: (float(m), float(s)) for n, m, s in zip(names, mean, se, strict=True)},
+        predicted=names[best],
+        margin=float(diff.mean() / mean[best]) if best != second else float("inf"),
+        margin_se=float(diff.std() / kernels**0.5) if best != second else 0.0,
+        kernels=kernels,
+    )
