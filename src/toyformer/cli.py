@@ -222,10 +222,15 @@ def theory_ngram(
     window: Annotated[int | None, typer.Option(help="M, the paper layout's window")] = None,
     kernels: Annotated[int, typer.Option(help="kernels drawn from the prior for the expectation")] = 2000,
     seed: Annotated[int, typer.Option(help="seed of the kernel draws")] = 0,
+    length: Annotated[int, typer.Option(help="L, for the reference losses")] = 100,
+    sequences: Annotated[int, typer.Option(help="simulated sequences for the reference losses (0: skip)")] = 4000,
+    a: Annotated[float, typer.Option("--a", help="the GIH's a for its reference loss")] = 11.35,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """The subset table of the modified χ² mutual information and the predicted S* (spec §5)."""
-    from toyformer.theory.ngram import MI, candidate_subsets, head_offsets, predict_subset
+    """The subset table of the modified χ² mutual information, the predicted S* and the reference losses (spec §5)."""
+    from toyformer.data.ngram import sample_batch
+    from toyformer.random import generator
+    from toyformer.theory.ngram import MI, best_gih_a, candidate_subsets, head_offsets, predict_subset, reference_losses
 
     try:
         pa = _offsets(parents, "--parents")
@@ -244,6 +249,8 @@ def theory_ngram(
                 f"--parents {outside} outside the offsets the heads can copy ({reachable[0]}..{reachable[-1]}):"
                 " raise --heads or --window"
             )
+        if length <= max(pa) or sequences < 0:
+            raise ConfigError(f"--length must exceed the largest parent offset {max(pa)}; --sequences must be >= 0")
         if d ** (max(max(pa), max(reachable))) > 4096:
             raise ConfigError("d^(largest offset) must be at most 4096 states: lower --d or the offsets")
     except ConfigError as e:
@@ -265,6 +272,11 @@ def theory_ngram(
         "kernels": kernels,
         "candidates": len(candidate_subsets(layout, heads, degree, window)),
     }
+    if sequences:
+        chains = sample_batch(sequences, d, pa, alpha, length, generator(seed, "theory-sequences"))
+        best = tuple(int(x) for x in prediction.predicted.split(","))
+        out["reference_losses"] = reference_losses(chains.tokens, chains.kernels, pa, best, d, alpha, a)
+        out["gih_best_a_nll"], out["gih_best_loss_nll"] = best_gih_a(chains.tokens, best, d)
     if as_json:
         out_console.print(json.dumps(out, indent=2), highlight=False)
         return
@@ -290,6 +302,20 @@ def theory_ngram(
         f"(± {prediction.margin_se:.4f} absolute)",
         highlight=False,
     )
+    if sequences:
+        refs = Table(
+            title=f"reference losses on {sequences} simulated sequences, L={length}, S = S*", title_justify="left"
+        )
+        for col in ("predictor", "nll", "code-ce"):
+            refs.add_column(col, justify="right")
+        for name, v in out["reference_losses"].items():
+            label = {"gih": f"gih (a={a:g})", "gih_inf": "gih (a→∞)"}.get(name, name)
+            refs.add_row(label, f"{v['nll']:.4f}", f"{v['code-ce']:.4f}")
+        out_console.print(refs)
+        out_console.print(
+            f"nll-optimal a of the GIH: {out['gih_best_a_nll']:.2f} (nll {out['gih_best_loss_nll']:.4f})",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -50,7 +50,7 @@ def sample_chains(
     for t in range(m, length):
         code = (tokens[:, t - offsets] * weights).sum(1)
         row = cdf[rows_of, code]  # (B, d)
-        tokens[:, t] = torch.searchsorted(row, u[:, t : t + 1]).squeeze(1).clamp_(max=d - 1)
+        tokens[:, t] = torch.searchsorted(row, u[:, t : t + 1].contiguous()).squeeze(1).clamp_(max=d - 1)
     return tokens
 
 
