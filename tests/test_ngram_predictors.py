@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from toyformer.cli import app
 from toyformer.data.ngram import sample_batch
 from toyformer.random import generator
-from toyformer.theory.ngram import best_gih_a, bayes_predict, gih_predict, losses, oracle_predict
+from toyformer.theory.ngram import bayes_predict, best_gih_a, gih_predict, losses, oracle_predict
 
 
 def _loop_gih(seq: list[int], subset: tuple[int, ...], d: int, a: float) -> list[float]:
