@@ -41,7 +41,7 @@ def sample_chains(
         tokens[:, :m] = (u[:, :m] * d).long().clamp_(max=d - 1)
     else:
         law = torch.cumsum(stationary_windows(kernels.double().cpu(), d, parents).to(device), dim=-1)
-        window = torch.searchsorted(law, u[:, :1].double()).clamp_(max=d**m - 1).squeeze(1)
+        window = torch.searchsorted(law, u[:, :1].double().contiguous()).clamp_(max=d**m - 1).squeeze(1)
         for i in range(m):  # window code, oldest token first
             tokens[:, i] = (window // d ** (m - 1 - i)) % d
     rows_of = torch.arange(b, device=device)

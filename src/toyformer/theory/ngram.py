@@ -33,7 +33,8 @@ def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -
     The transition from window w to w' = (w[1:], e) has probability π(e | parents in w). Power iteration is not
     used: with small α a kernel is nearly deterministic and its chain nearly periodic, where iterates oscillate.
     Instead μ(P − I) = 0 with Σμ = 1 is solved as a linear system (one equation replaced by the normalisation).
-    Dirichlet kernels have full support, so the chain is irreducible and μ unique.
+    Dirichlet kernels have full support, so the chain is irreducible and μ unique in exact arithmetic; where the
+    solve fails in floating point (entries ~1e-20 at small α), the law reached from a uniform start is used.
     """
     m = max(parents)
     k, states = kernel.shape[0], d**m
@@ -45,7 +46,30 @@ def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -
     a[:, -1, :] = 1.0
     rhs = torch.zeros(k, states, 1, dtype=torch.float64)
     rhs[:, -1] = 1.0
-    return torch.linalg.solve(a, rhs).squeeze(-1).clamp_min(0.0)
+    mu, info = torch.linalg.solve_ex(a, rhs)
+    mu = mu.squeeze(-1)
+    residual = ((mu[:, :, None] * p).sum(1) - mu).abs().sum(1)
+    bad = (info != 0) | ~torch.isfinite(mu).all(1) | (mu < -1e-12).any(1) | ~(residual < 1e-10)
+    bad |= ~((mu.sum(1) - 1).abs() < 1e-9)  # an ill-conditioned solve can return a "solution" off the simplex
+    if bool(bad.any()):
+        mu[bad] = _lazy_limit(p[bad])
+    mu = mu.clamp_min(0.0)
+    return mu / mu.sum(1, keepdim=True)
+
+
+def _lazy_limit(p: torch.Tensor) -> torch.Tensor:
+    """The stationary law reached from a uniform start, for chains that are reducible in floating point (kernel
+    entries ~1e-20 at small α make the linear system singular): repeated squaring of the lazy chain (P + I)/2,
+    which is aperiodic, until it stops changing."""
+    q = (p + torch.eye(p.shape[-1], dtype=p.dtype)) / 2
+    for _ in range(100):  # 2^100 steps at most: far beyond any mixing time
+        nxt = q @ q
+        nxt = nxt / nxt.sum(-1, keepdim=True)  # rows sum to 1 ± ε; 2^k-fold products would blow ε up
+        done = float((nxt - q).abs().max()) < 1e-15
+        q = nxt
+        if done:
+            break
+    return q.mean(1)  # uniform start: the average of the rows
 
 
 def stationary_joint(kernel: torch.Tensor, d: int, parents: tuple[int, ...], offsets: tuple[int, ...]) -> torch.Tensor:
