@@ -28,13 +28,13 @@ def parent_code_of_window(d: int, parents: tuple[int, ...], width: int) -> torch
 
 
 def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -> torch.Tensor:
-    """(K, d^m) stationary law of the window of the last m = max(pa) tokens, solved exactly for the whole batch.
+    """(K, d^m) stationary law of the window of the last m = max(pa) tokens, for the whole batch at once.
 
-    The transition from window w to w' = (w[1:], e) has probability π(e | parents in w). Power iteration is not
-    used: with small α a kernel is nearly deterministic and its chain nearly periodic, where iterates oscillate.
-    Instead μ(P − I) = 0 with Σμ = 1 is solved as a linear system (one equation replaced by the normalisation).
-    Dirichlet kernels have full support, so the chain is irreducible and μ unique in exact arithmetic; where the
-    solve fails in floating point (entries ~1e-20 at small α), the law reached from a uniform start is used.
+    The transition from window w to w' = (w[1:], e) has probability π(e | parents in w). Solved by GTH state
+    reduction (Grassmann–Taksar–Heyman), which only adds, multiplies and divides positive numbers. Power iteration
+    oscillates on the nearly periodic chains that small α produces, and a linear solve of μ(P − I) = 0 cancels exit
+    probabilities of 1e-20 against 1 and returns a wrong law. The loop runs over the d^m states, each step
+    vectorised over the batch.
     """
     m = max(parents)
     k, states = kernel.shape[0], d**m
@@ -42,34 +42,15 @@ def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -
     nxt = (torch.arange(states) % d ** (m - 1))[:, None] * d + torch.arange(d)[None, :]  # (window, e) → window'
     p = torch.zeros(k, states, states, dtype=torch.float64)
     p.scatter_add_(2, nxt.expand(k, -1, -1), step)
-    a = (p - torch.eye(states, dtype=torch.float64)).transpose(1, 2).clone()
-    a[:, -1, :] = 1.0
-    rhs = torch.zeros(k, states, 1, dtype=torch.float64)
-    rhs[:, -1] = 1.0
-    mu, info = torch.linalg.solve_ex(a, rhs)
-    mu = mu.squeeze(-1)
-    residual = ((mu[:, :, None] * p).sum(1) - mu).abs().sum(1)
-    bad = (info != 0) | ~torch.isfinite(mu).all(1) | (mu < -1e-12).any(1) | ~(residual < 1e-10)
-    bad |= ~((mu.sum(1) - 1).abs() < 1e-9)  # an ill-conditioned solve can return a "solution" off the simplex
-    if bool(bad.any()):
-        mu[bad] = _lazy_limit(p[bad])
-    mu = mu.clamp_min(0.0)
+    for n in range(states - 1, 0, -1):  # fold state n into states 0..n-1
+        exit_mass = p[:, n, :n].sum(1).clamp_min(1e-300)  # (K,)
+        p[:, :n, n] /= exit_mass[:, None]
+        p[:, :n, :n] += p[:, :n, n : n + 1] * p[:, n : n + 1, :n]
+    mu = torch.zeros(k, states, dtype=torch.float64)
+    mu[:, 0] = 1.0
+    for n in range(1, states):
+        mu[:, n] = (mu[:, :n] * p[:, :n, n]).sum(1)
     return mu / mu.sum(1, keepdim=True)
-
-
-def _lazy_limit(p: torch.Tensor) -> torch.Tensor:
-    """The stationary law reached from a uniform start, for chains that are reducible in floating point (kernel
-    entries ~1e-20 at small α make the linear system singular): repeated squaring of the lazy chain (P + I)/2,
-    which is aperiodic, until it stops changing."""
-    q = (p + torch.eye(p.shape[-1], dtype=p.dtype)) / 2
-    for _ in range(100):  # 2^100 steps at most: far beyond any mixing time
-        nxt = q @ q
-        nxt = nxt / nxt.sum(-1, keepdim=True)  # rows sum to 1 ± ε; 2^k-fold products would blow ε up
-        done = float((nxt - q).abs().max()) < 1e-15
-        q = nxt
-        if done:
-            break
-    return q.mean(1)  # uniform start: the average of the rows
 
 
 def stationary_joint(kernel: torch.Tensor, d: int, parents: tuple[int, ...], offsets: tuple[int, ...]) -> torch.Tensor:
