@@ -71,6 +71,13 @@ def _progress() -> Progress:
     )
 
 
+def _train_all(cfg, seeds: list[int] | None, out: Path) -> Path:
+    """One run, or a group of runs when seeds are given; returns the directory holding summary.json."""
+    from toyformer.train.seeds import run_seeds
+
+    return run_seeds(cfg, seeds, out, _train) if seeds else _train(cfg, out).path
+
+
 def _train(cfg, out: Path | None, resume=None):
     from toyformer.train.topic import run_topic
 
@@ -131,7 +138,6 @@ def run(
 ) -> None:
     """Train a recipe; prints the run directory as the last line."""
     from toyformer.runs import Run, default_dir
-    from toyformer.train.seeds import run_seeds
 
     try:
         if resume is not None:
@@ -146,7 +152,7 @@ def run(
             seed_list = parse_seeds(seeds) if seeds else cfg.seeds
             out = out or default_dir(cfg, "seeds" if seed_list else f"s{cfg.seed}")
             try:
-                path = run_seeds(cfg, seed_list, out, _train) if seed_list else _train(cfg, out).path
+                path = _train_all(cfg, seed_list, out)
             except KeyboardInterrupt:
                 console.print(f"interrupted: continue with `toyformer run --resume {out}`", highlight=False)
                 raise typer.Exit(130) from None
@@ -230,7 +236,7 @@ def theory_ngram(
     """The subset table of the modified χ² mutual information, the predicted S* and the reference losses (spec §5)."""
     from toyformer.data.ngram import sample_batch
     from toyformer.random import generator
-    from toyformer.theory.ngram import MI, best_gih_a, candidate_subsets, head_offsets, predict_subset, reference_losses
+    from toyformer.theory.ngram import best_gih_a, candidate_subsets, head_offsets, predict_subset, reference_losses
 
     try:
         pa = _offsets(parents, "--parents")
@@ -256,19 +262,14 @@ def theory_ngram(
     except ConfigError as e:
         fail(str(e))
     prediction = predict_subset(d, pa, alpha, heads, degree, layout, window, kernels, seed)
-    others = {
-        name: predict_subset(d, pa, alpha, heads, degree, layout, window, kernels, seed, loss=name).table
-        for name in MI
-        if name != "nll"
-    }
     out = {
         "predicted_subset": prediction.predicted,
         "mi_modified": {k: v[0] for k, v in prediction.table.items()},
         "mi_modified_se": {k: v[1] for k, v in prediction.table.items()},
         "mi_margin": prediction.margin,
         "mi_margin_se": prediction.margin_se,
-        "mi_standard": {k: v[0] for k, v in others["standard"].items()},
-        "mi_code_ce": {k: v[0] for k, v in others["code-ce"].items()},
+        "mi_standard": prediction.means["standard"],
+        "mi_code_ce": prediction.means["code-ce"],
         "kernels": kernels,
         "candidates": len(candidate_subsets(layout, heads, degree, window)),
     }
@@ -345,7 +346,6 @@ DEMO = ["topic/s1", "topic/s2", "topic/s2-squared", "topic/s3", "topic/s4"]
 def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = Path("runs/demo")) -> None:
     """The synthetic topic-structure experiment of paper 1: regimes A–D, claims checked, figures written."""
     from toyformer.runs import Run
-    from toyformer.train.seeds import run_seeds
 
     ok = True
     for name in DEMO:
@@ -354,10 +354,8 @@ def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = P
             target = out / name.replace("/", "-")
             if (target / "summary.json").is_file():
                 path = target
-            elif cfg.seeds:
-                path = run_seeds(cfg, cfg.seeds, target, _train)
             else:
-                path = _train(cfg, target).path
+                path = _train_all(cfg, cfg.seeds, target)
         except ConfigError as e:
             fail(str(e))
         summary = Run(path).summary()

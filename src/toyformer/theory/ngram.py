@@ -117,6 +117,7 @@ class SubsetPrediction:
     margin: float  # relative margin (best − runner-up) / best
     margin_se: float  # Monte-Carlo standard error of (best − runner-up), paired over the same kernels
     kernels: int
+    means: dict[str, dict[str, float]]  # every MI kind ("nll", "code-ce", "standard") → subset → mean over kernels
 
 
 def sample_kernels(
@@ -142,7 +143,9 @@ def predict_subset(
     every subset, so differences are paired)."""
     pi = sample_kernels(kernels, d, len(parents), alpha, generator(seed, "theory-kernels"))
     subsets = candidate_subsets(layout, heads, degree, window)
-    values = torch.stack([MI[loss](stationary_joint(pi, d, parents, s)) for s in subsets])  # (subsets, K)
+    joints = [stationary_joint(pi, d, parents, s) for s in subsets]
+    every = {kind: torch.stack([f(j) for j in joints]) for kind, f in MI.items()}  # kind → (subsets, K)
+    values = every[loss]
     names = [",".join(map(str, s)) for s in subsets]
     mean = values.mean(1)
     se = values.std(1) / kernels**0.5
@@ -155,6 +158,7 @@ def predict_subset(
         margin=float(diff.mean() / mean[best]) if best != second else float("inf"),
         margin_se=float(diff.std() / kernels**0.5) if best != second else 0.0,
         kernels=kernels,
+        means={kind: dict(zip(names, v.mean(1).tolist(), strict=True)) for kind, v in every.items()},
     )
 
 
