@@ -121,3 +121,27 @@ def test_theory_ngram_cli_json_and_bad_input():
     ]:
         bad = CliRunner().invoke(app, ["theory", "ngram", *args])
         assert bad.exit_code == 2 and named in bad.stderr and "\n" not in bad.stderr.strip()
+
+
+@pytest.mark.parametrize("parents,seq", [((1,), [0, 1, 1, 0, 1, 1, 1, 0, 0, 1]), ((1, 2), [1, 0, 0, 1, 0, 0, 1, 1, 0])])
+def test_bayes_predictive_against_monte_carlo_posterior(parents, seq):
+    """E[π(·|c) | x_1..x_L] by importance weighting kernels drawn from the prior with the chain's likelihood."""
+    from toyformer.theory.ngram import sample_kernels
+
+    d, alpha, n = 2, 0.5, 400_000
+    kernels = sample_kernels(n, d, len(parents), alpha, generator(9, "bayes-mc"))  # (n, d^|pa|, d)
+    m = max(parents)
+    log_w = torch.zeros(n, dtype=torch.float64)
+    for l in range(m, len(seq)):  # the uniform start does not depend on π
+        code = 0
+        for p in parents:
+            code = code * d + seq[l - p]
+        log_w += kernels[:, code, seq[l]].log()
+    code = 0
+    for p in parents:
+        code = code * d + seq[len(seq) - p]
+    w = torch.softmax(log_w, 0)
+    mc = (w[:, None] * kernels[:, code, :]).sum(0)
+    se = ((w[:, None] ** 2 * (kernels[:, code, :] - mc) ** 2).sum(0)).sqrt()
+    got = bayes_predict(torch.tensor([seq]), parents, d, alpha)[0]
+    assert torch.all((got - mc).abs() < 5 * se + 1e-4), (got, mc, se)

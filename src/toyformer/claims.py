@@ -1,7 +1,9 @@
 """A recipe's claims checked against its run: ``{"name", "ok", "measured", "expected"}`` per claim.
 
 Sides of a claim are sums and differences of names and numbers, e.g. ``"wv_same_topic - wv_diff_topic"``; a bare
-name reads the run's ``final`` metrics, ``theory.x`` reads the theory's prediction ``x``.
+name reads the run's ``final`` metrics, ``theory.x`` reads the theory's prediction ``x``, and a dotted name reads
+inside a nested value (``subset_share.110``). The ``==`` claim compares two single values as they are (strings too:
+``selected_subset == theory.predicted_subset``).
 """
 
 from __future__ import annotations
@@ -27,15 +29,27 @@ def parse_terms(text: str) -> list[tuple[float, str]]:
     return terms
 
 
+def lookup(term: str, final: dict, theory: dict):
+    """The value a name stands for, or None when it is missing."""
+    source, key = (theory, term[7:]) if term.startswith("theory.") else (final, term)
+    if key in source:
+        return source[key]
+    node = source
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def value(text: str, final: dict, theory: dict) -> float | None:
     total = 0.0
     for sign, term in parse_terms(text):
         if term[0].isdigit():
             total += sign * float(term)
             continue
-        source, key = (theory, term[7:]) if term.startswith("theory.") else (final, term)
-        x = source.get(key)
-        if x is None:
+        x = lookup(term, final, theory)
+        if not isinstance(x, int | float):
             return None
         total += sign * float(x)
     return total
@@ -47,6 +61,16 @@ def _num(x: float | None) -> str:
 
 def check(claim: Claim, final: dict, theory: dict) -> dict:
     """``expected`` states the claim in its own terms; ``against`` with the numbers it was compared with."""
+    if claim.op == "==":
+        left, right = lookup(claim.left.strip(), final, theory), lookup(claim.right.strip(), final, theory)
+        return {
+            "name": claim.name,
+            "measured": left,
+            "reference": right,
+            "ok": left is not None and left == right,
+            "expected": f"{claim.left} == {claim.right}",
+            "against": f"== {right}",
+        }
     left, right = value(claim.left, final, theory), value(claim.right, final, theory)
     out = {"name": claim.name, "measured": left, "reference": right}
     if claim.op == "close":

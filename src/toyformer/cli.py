@@ -78,19 +78,40 @@ def _train_all(cfg, seeds: list[int] | None, out: Path) -> Path:
     return run_seeds(cfg, seeds, out, _train) if seeds else _train(cfg, out).path
 
 
-def _train(cfg, out: Path | None, resume=None):
-    from toyformer.train.topic import run_topic
+def _experiment(cfg):
+    """The experiment object of a config's task, fully built (so every error comes before a directory exists)."""
+    if cfg.task == "induction":
+        from toyformer.train.induction import build
 
+        return build(cfg)
+    from toyformer.train.topic import TopicExperiment
+
+    return TopicExperiment(cfg)
+
+
+def _train(cfg, out: Path | None, resume=None):
+    from toyformer.train.loop import train
+
+    experiment = _experiment(cfg)
     with _progress() as progress:
         task = progress.add_task(f"{cfg.name} seed {cfg.seed}", total=cfg.train.steps + 1, info="")
 
         def on_step(step: int, record: dict | None) -> None:
             info = None
             if record is not None:
-                info = f"loss {record['loss_train']:.4f}  dev {record.get('loss_dev', float('nan')):.4f}"
+                held_out = record.get("loss_dev", record.get("loss_val", float("nan")))
+                info = f"loss {record['loss_train']:.4f}  held-out {held_out:.4f}"
+                if "a" in record:
+                    info += f"  a {record['a']:.2f}  S {{{record['selected_subset']}}}"
             progress.update(task, completed=step + 1, **({"info": info} if info else {}))
 
-        return run_topic(cfg, out=out, on_step=on_step, resume=resume)
+        return train(experiment, out=out, on_step=on_step, resume=resume)
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.4g}" if isinstance(x, int | float) else str(x)
 
 
 def _print_checks(summary: dict, title: str) -> bool:
@@ -102,7 +123,7 @@ def _print_checks(summary: dict, title: str) -> bool:
         if "share" in c:  # a group of seeds
             measured, against = f"{c['share']:.0%} of seeds", f">= {c['min_share']:.0%} of seeds"
         else:
-            measured, against = "—" if c["measured"] is None else f"{c['measured']:.4g}", c["against"]
+            measured, against = _fmt(c["measured"]), c["against"]
         table.add_row(c["name"], "[green]yes[/]" if c["ok"] else "[red]NO[/]", measured, against)
     console.print(table)
     return all(c["ok"] for c in summary["checks"])
@@ -322,21 +343,56 @@ def theory_ngram(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
     """Rebuild a finished run's figures from its checkpoint and metrics."""
-    from toyformer.report.topic import write_figures
     from toyformer.runs import Run
-    from toyformer.train.topic import TopicExperiment
 
     try:
         run = Run.open(run_dir)
         state = run.load_checkpoint()
         if state is None:
             raise ConfigError(f"{run_dir}: no checkpoint to rebuild the figures from")
-        experiment = TopicExperiment(run.config())
+        experiment = _experiment(run.config())
         experiment.model.load_state_dict(state["model"])
     except ConfigError as e:
         fail(str(e))
-    for name in write_figures(run, experiment):
+    for name in experiment.write_figures(run):
         out_console.print(str(run.path / "figures" / name), highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a finished induction run directory")],
+    set_: SetOpt = None,
+    sequences: Annotated[int, typer.Option(help="fresh chains to evaluate on")] = 2000,
+    seed: Annotated[int | None, typer.Option(help="seed of the fresh chains (default: the run's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Evaluate a trained induction model under shift: --set data.length=200 --set data.alpha=0.3 --set data.d=4."""
+    from toyformer.runs import Run
+    from toyformer.train.induction import evaluate
+
+    try:
+        if sequences < 1:
+            raise ConfigError("--sequences must be >= 1")
+        result = evaluate(Run.open(run_dir), list(set_ or []), sequences, seed)
+    except ConfigError as e:
+        fail(str(e))
+    if as_json:
+        out_console.print(json.dumps(result, indent=2), highlight=False)
+        return
+    data = result["data"]
+    table = Table(
+        title=f"{run_dir}: d={data['d']}, parents {data['parents']}, α={data['alpha']}, L={data['length']}, "
+        f"{result['sequences']} chains ({result['loss']})",
+        title_justify="left",
+    )
+    table.add_column("predictor")
+    table.add_column(result["loss"], justify="right")
+    table.add_row("trained model", f"{result['loss_val']:.4f}")
+    table.add_row(f"GIH at its S {{{result['selected_subset']}}}, a={result['a']:.2f}", f"{result['loss_ref_gih']:.4f}")
+    for name in ("uniform", "unigram", "bayes", "oracle"):
+        table.add_row(name, f"{result['loss_ref_' + name]:.4f}")
+    out_console.print(table)
+    out_console.print(f"total variation to the GIH: {result['tv_to_gih']:.4f}", highlight=False)
 
 
 DEMO = ["topic/s1", "topic/s2", "topic/s2-squared", "topic/s3", "topic/s4"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -212,7 +212,7 @@ class Claim(Strict):
 
     name: str
     left: str
-    op: Literal[">", ">=", "<", "<=", "close"]
+    op: Literal[">", ">=", "<", "<=", "close", "=="]
     right: str
     factor: float = Field(1.0, description="compare left op factor·right")
     rel: float = Field(0.1, gt=0.0, description="for op='close': |left − right| <= rel·|scale|")
@@ -229,6 +229,9 @@ class Claim(Strict):
 
 
 class ExperimentConfig(Strict):
+    """A topic-structure experiment (paper 1)."""
+
+    task: Literal["topic"] = "topic"
     name: str = "custom"
     description: str = ""
     seed: int = Field(0, ge=0)
@@ -269,6 +272,157 @@ class ExperimentConfig(Strict):
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Induction heads (paper 2): in-context n-gram chains, TF(M, H, d, D), staged training
+
+
+class ChainConfig(Strict):
+    """In-context n-gram chains, spec §1: every sequence draws its own kernel, rows Dirichlet(α·1_d)."""
+
+    kind: Literal["ngram"] = "ngram"
+    d: int = Field(3, ge=2, description="vocabulary size")
+    parents: list[int] = Field(default_factory=lambda: [1, 2], description="parent offsets pa, any set ≥ 1")
+    alpha: float = Field(0.1, gt=0.0, description="Dirichlet concentration of each kernel row")
+    length: int = Field(100, ge=2, description="L: inputs x_1..x_L, target x_{L+1}")
+    start: Literal["uniform", "stationary"] = "uniform"
+    targets: Literal["last", "all"] = Field("last", description="score x_{L+1} only (paper) or every position")
+    first_order: bool = Field(False, description="official sanity task: x_L redrawn uniform, target ~ π(·|x_L)")
+    split: Literal["fixed", "stream"] = Field("fixed", description="fixed finite dataset (paper) or fresh chains")
+    sequences: int = Field(10_000, ge=2, description="N of the fixed dataset (train + validation)")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_sequences: int = Field(1_000, ge=1, description="validation chains of a stream run")
+    batch_size: int | None = Field(None, ge=1, description="default: the whole training set (full batch)")
+
+    @field_validator("parents")
+    @classmethod
+    def _parents(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 1 or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct offsets >= 1, got {value}")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChainConfig:
+        if self.length <= max(self.parents):
+            raise ValueError(f"data.length must exceed the largest parent offset {max(self.parents)}")
+        if self.d ** len(self.parents) > 4096:
+            raise ValueError("data.d ** len(data.parents) must be at most 4096 kernel rows: lower d or the parents")
+        if self.first_order and self.parents != [1]:
+            raise ValueError("data.first_order needs data.parents = [1]")
+        if self.split == "stream" and self.batch_size is None:
+            raise ValueError("data.split = 'stream' needs data.batch_size")
+        return self
+
+    @property
+    def train_sequences(self) -> int:
+        return self.sequences - max(1, round(self.sequences * self.val_fraction))
+
+
+class GIHModelConfig(Strict):
+    """TF(M, H, d, D), spec §2: RPE copier, polynomial-kernel selector over |S| <= D, classifier a."""
+
+    variant: Literal["simplified", "full"] = "simplified"
+    heads: int = Field(3, ge=1, description="H")
+    degree: int = Field(2, ge=1, description="D: the selector keeps subsets of at most D heads")
+    layout: Literal["code", "paper"] = Field("code", description="code: head h sees h..h+H−1; paper: 1..M")
+    window: int | None = Field(None, ge=1, description="M of the paper layout")
+    norm: Literal["l2", "layernorm"] | None = Field(None, description="head normalisation; default l2 (full: LN)")
+    w_plus: float = Field(3.0, description="RPE init at head h's own offset h")
+    w_minus: float = Field(0.1, description="RPE init at the other offsets")
+    c_init: float = Field(0.01, description="init of every c_S")
+    a_init: float = Field(0.01, description="init of the classifier's a")
+    matrix_init: float = Field(0.01, description="full variant: Q, K and OV start at this times the identity")
+    fast: bool = Field(True, description="pair-table fast path where it fits (the literal model is the reference)")
+
+    @model_validator(mode="after")
+    def _check(self) -> GIHModelConfig:
+        if self.degree > self.heads:
+            raise ValueError(f"model.degree must be in 1..heads={self.heads}, got {self.degree}")
+        if self.layout == "paper":
+            if self.window is None:
+                raise ValueError("model.layout = 'paper' needs model.window (M: each head sees offsets 1..M)")
+            if self.window < self.heads:
+                raise ValueError(f"model.window must be >= heads={self.heads} (head h starts at offset h)")
+        return self
+
+    @property
+    def head_norm(self) -> str:
+        return self.norm or ("layernorm" if self.variant == "full" else "l2")
+
+    def offsets(self) -> list[int]:
+        """Offsets some head can copy."""
+        last = 2 * self.heads - 1 if self.layout == "code" else self.window
+        return list(range(1, last + 1))
+
+
+GIHGroup = Literal["c", "w", "a", "qk", "ov", "norm"]
+
+
+class Stage(Strict):
+    """One stage of training: which parameter groups move, how, and for how many steps."""
+
+    groups: list[GIHGroup]
+    steps: int = Field(ge=1)
+    lr: float = Field(1.0, gt=0.0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class InductionTrainConfig(Strict):
+    loss: Literal["nll", "code-ce"] = Field("nll", description="nll of y (paper) or CE on y as logits (code)")
+    stages: list[Stage] = Field(default_factory=lambda: [Stage(groups=["c", "w", "a"], steps=50_000)])
+    probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
+    checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
+
+    @property
+    def steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+class InductionTheoryConfig(Strict):
+    kernels: int = Field(2000, ge=2, description="prior kernels averaged for E_π Ĩ(S) and S*")
+
+
+class InductionConfig(Strict):
+    """An induction-head experiment (paper 2)."""
+
+    task: Literal["induction"]
+    name: str = "custom"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    seeds: list[int] | None = Field(None, description="run once per seed and aggregate the claims")
+    device: Literal["cpu", "cuda"] = "cpu"
+    data: ChainConfig = Field(default_factory=ChainConfig)
+    model: GIHModelConfig = Field(default_factory=GIHModelConfig)
+    train: InductionTrainConfig = Field(default_factory=InductionTrainConfig)
+    theory: InductionTheoryConfig = Field(default_factory=InductionTheoryConfig)
+    claims: list[Claim] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> InductionConfig:
+        m, data = self.model, self.data
+        reach = m.offsets()
+        outside = [p for p in data.parents if p not in reach]
+        if outside:
+            raise ValueError(
+                f"data.parents {outside} lie outside the offsets the heads can copy (1..{reach[-1]}): "
+                "raise model.heads (code layout) or model.window (paper layout)"
+            )
+        if data.length <= reach[-1]:
+            raise ValueError(f"data.length must exceed the copier's largest offset {reach[-1]}")
+        allowed = {"c", "w", "a"} | ({"qk", "ov", "norm"} if m.variant == "full" else set())
+        for i, stage in enumerate(self.train.stages):
+            bad = sorted(set(stage.groups) - allowed)
+            if bad:
+                raise ValueError(f"train.stages[{i}].groups: {bad} not in the {m.variant} model {sorted(allowed)}")
+        return self
+
+    def dump(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+TASKS: dict[str, type[Strict]] = {"topic": ExperimentConfig, "induction": InductionConfig}
 
 
 def num_ids(data: DataConfig) -> int:
@@ -347,16 +501,33 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts = key.strip().split(".")
         node = raw
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            node = _child(node, part, key)
+            if not isinstance(node, dict | list):
                 raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
-        node[parts[-1]] = parse_value(value)
+        if isinstance(node, list):
+            _child(node, parts[-1], key)  # checks the index
+            node[int(parts[-1])] = parse_value(value)
+        else:
+            node[parts[-1]] = parse_value(value)
     return raw
 
 
-def validate(raw: dict[str, Any]) -> ExperimentConfig:
+def _child(node: dict | list, part: str, key: str) -> Any:
+    """A section of a --set path: a table by name, or an entry of an array of tables by index (stages.0)."""
+    if isinstance(node, dict):
+        return node.setdefault(part, {})
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {key}: {part!r} is not an index of a list of {len(node)} entries")
+    return node[int(part)]
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig | InductionConfig:
+    """The config of either task, chosen by the top-level ``task`` key (default "topic")."""
+    task = raw.get("task", "topic")
+    if task not in TASKS:
+        raise ConfigError(f"task: must be one of {sorted(TASKS)}, got {task!r}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return TASKS[task].model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_one_line(e)) from None
 

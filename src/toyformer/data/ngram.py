@@ -63,7 +63,21 @@ def sample_batch(
     gen: torch.Generator,
     start: str = "uniform",
     device: str | torch.device = "cpu",
+    redraw_last: bool = False,
 ) -> Chains:
-    """``n`` sequences of ``length`` inputs plus the target: kernels first, then the chains."""
+    """``n`` sequences of ``length`` inputs plus the target: kernels first, then the chains.
+
+    redraw_last: the first-order sanity task of the official code: x_L is redrawn uniform and the target x_{L+1}
+    drawn again from the kernel given its (new) parents, so the target's context is uniform, not stationary."""
     kernels = sample_kernels(n, d, len(parents), alpha, gen, device).float()
-    return Chains(sample_chains(kernels, parents, length + 1, gen, start), kernels)
+    tokens = sample_chains(kernels, parents, length + 1, gen, start)
+    if redraw_last:
+        tokens[:, length - 1] = torch.randint(d, (n,), generator=gen, device=device)
+        code = torch.zeros(n, dtype=torch.long, device=device)
+        for p in parents:
+            code = code * d + tokens[:, length - p]
+        row = torch.cumsum(kernels[torch.arange(n, device=device), code], dim=-1)
+        row[:, -1] = 1.0
+        u = torch.rand(n, 1, generator=gen, dtype=row.dtype, device=device)
+        tokens[:, length] = torch.searchsorted(row, u).squeeze(1).clamp_(max=d - 1)
+    return Chains(tokens, kernels)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from toyformer.config import ConfigError
 from toyformer.data.batch import Batch
 from toyformer.runs import Run
 
@@ -83,3 +86,54 @@ class Loop:
                     self.running[0] = float(loss_sum)
                     self.run.save_checkpoint(step + 1, self.state(step + 1))
             self.on_step(step, record)
+
+
+class Experiment(Protocol):
+    """What ``train`` needs of a task: everything built from the config alone, so a resumed run rebuilds it."""
+
+    cfg: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def batch(self, step: int) -> object: ...
+    def loss(self, model: torch.nn.Module, batch: object) -> torch.Tensor: ...
+    def probe(self, step: int, loss_train: float) -> dict: ...
+    def schedule(self) -> tuple[int, list[int], list[int]]: ...  # steps, probe steps, checkpoint steps
+    def summary(self, run: Run) -> dict: ...
+    def write_figures(self, run: Run) -> list[str]: ...
+
+
+def train(
+    experiment: Experiment,
+    out: Path | None = None,
+    on_step: Callable | None = None,
+    resume: Run | None = None,
+    figures: bool = True,
+) -> Run:
+    """Train an experiment into a new run directory (or continue ``resume``), then write its summary and figures."""
+    run = resume or Run.create(experiment.cfg, out)
+    steps, probe_steps, checkpoint_steps = experiment.schedule()
+    loop = Loop(
+        model=experiment.model,
+        optimizer=experiment.optimizer,
+        batch=experiment.batch,
+        loss=experiment.loss,
+        probe=experiment.probe,
+        steps=steps,
+        probe_steps=probe_steps,
+        checkpoint_steps=checkpoint_steps,
+        run=run,
+        on_step=on_step or (lambda step, record: None),
+    )
+    start = 0
+    if resume is not None:
+        state = run.load_checkpoint()
+        if state is None:
+            raise ConfigError(f"{run.path}: no checkpoint to resume from; start the run again")
+        start = loop.restore(state)
+    loop(start)
+    summary = experiment.summary(run)
+    if figures:
+        experiment.write_figures(run)
+    run.write_summary(summary)
+    return run

@@ -17,7 +17,7 @@ from toyformer.probes.topic import AttentionClasses, CircuitStructure, DevLoss, 
 from toyformer.random import generator
 from toyformer.runs import Run
 from toyformer.theory.topic import pair_classes, predictions
-from toyformer.train.loop import Loop, log_schedule
+from toyformer.train.loop import log_schedule, train
 from toyformer.train.losses import l2_penalty, model_loss
 
 
@@ -73,6 +73,18 @@ class TopicExperiment:
             record |= p.measure(self.model)
         return record
 
+    def batch(self, step: int):
+        return self.stream.batch(step)
+
+    def schedule(self) -> tuple[int, list[int], list[int]]:
+        t = self.cfg.train
+        return t.steps, log_schedule(t.steps, t.probes), log_schedule(t.steps, t.checkpoints)[1:]
+
+    def write_figures(self, run: Run) -> list[str]:
+        from toyformer.report.topic import write_figures
+
+        return write_figures(run, self)
+
     def summary(self, run: Run) -> dict:
         records = run.metrics()
         final = {k: v for k, v in records[-1].items() if k != "step"}
@@ -95,32 +107,4 @@ def run_topic(
     resume: Run | None = None,
     figures: bool = True,
 ) -> Run:
-    experiment = TopicExperiment(cfg)  # everything validated and built before a directory exists
-    run = resume or Run.create(cfg, out)
-    t = cfg.train
-    loop = Loop(
-        model=experiment.model,
-        optimizer=experiment.optimizer,
-        batch=experiment.stream.batch,
-        loss=experiment.loss,
-        probe=experiment.probe,
-        steps=t.steps,
-        probe_steps=log_schedule(t.steps, t.probes),
-        checkpoint_steps=log_schedule(t.steps, t.checkpoints)[1:],
-        run=run,
-        on_step=on_step or (lambda step, record: None),
-    )
-    start = 0
-    if resume is not None:
-        state = run.load_checkpoint()
-        if state is None:
-            raise ConfigError(f"{run.path}: no checkpoint to resume from; start the run again")
-        start = loop.restore(state)
-    loop(start)
-    summary = experiment.summary(run)
-    if figures:
-        from toyformer.report.topic import write_figures
-
-        write_figures(run, experiment)
-    run.write_summary(summary)
-    return run
+    return train(TopicExperiment(cfg), out, on_step, resume, figures)  # validated and built before a directory exists

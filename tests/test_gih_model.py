@@ -1,0 +1,153 @@
+"""TF(M, H, d, D) of paper 2 (spec §2; models/gih.py): the fast path against the literal model, the hard copier
+against the generalized induction head, the gradient on p_S at init against the modified χ² mutual information."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from toyformer.config import GIHModelConfig
+from toyformer.data.ngram import sample_batch
+from toyformer.models.gih import GIHTransformer, bits, make_plan, reference_predict, subsets
+from toyformer.random import generator
+from toyformer.theory.ngram import gih_predict, predict_subset
+from toyformer.train.induction import prediction_loss
+
+VARIANTS = [
+    dict(variant="simplified"),
+    dict(variant="simplified", layout="paper", window=4),
+    dict(variant="simplified", heads=4, degree=3),
+    dict(variant="full"),
+    dict(variant="full", layout="paper", window=3, heads=2, degree=2),
+    dict(variant="simplified", norm="layernorm"),
+]
+
+
+def _model(seed: int = 0, d: int = 3, **kw) -> GIHTransformer:
+    """A model moved off its init in every parameter, in float64."""
+    model = GIHTransformer(GIHModelConfig(**kw), d).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        model.a.fill_(2.5)
+    return model
+
+
+def _double(plan):
+    plan.onehot = plan.onehot.double()
+    return plan
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@pytest.mark.parametrize("targets", ["last", "all"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast):
+    chains = sample_batch(12, 3, (1, 2), 0.3, 14, generator(0, "model-test"))
+    model = _model(**kw)
+    plan = _double(make_plan(chains.tokens, model.band, 3, targets, fast))
+    assert plan.table == fast and (plan.groups is not None) == (fast and targets == "last")
+    got = model(plan)
+    want = reference_predict(model, chains.tokens, targets)
+    assert got.shape == want.shape == (12, 1 if targets == "last" else 14, 3)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert torch.allclose(got.sum(-1), torch.ones_like(got[..., 0]))
+    for kind in ("nll", "code-ce"):
+        g_fast = torch.autograd.grad(
+            prediction_loss(got, plan.labels, kind), list(model.parameters()), retain_graph=True
+        )
+        g_ref = torch.autograd.grad(
+            prediction_loss(want, plan.labels, kind), list(model.parameters()), retain_graph=True
+        )
+        for a, b in zip(g_fast, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_subsets_are_bounded_by_degree_and_named_by_bits():
+    assert [bits(s, 3) for s in subsets(3, 2)] == ["100", "010", "001", "110", "101", "011"]
+    assert len(subsets(10, 2)) == 10 + 45  # never 2^H
+    assert len(subsets(5, 5)) == 2**5 - 1
+
+
+def _hard(model: GIHTransformer, subset: tuple[int, ...]) -> GIHTransformer:
+    """Each head copies exactly its own offset; the selector keeps exactly ``subset``."""
+    with torch.no_grad():
+        model.w.copy_(torch.where(model.w > 1.0, 80.0, 0.0))
+        model.c.copy_(torch.tensor([1.0 if s == subset else 0.0 for s in model.subsets], dtype=model.c.dtype))
+    return model
+
+
+def test_hard_copier_outputs_are_the_copied_tokens():
+    chains = sample_batch(20, 3, (1, 2), 0.2, 30, generator(1, "hard"))
+    model = _hard(GIHTransformer(GIHModelConfig(), 3).double(), (0, 1))
+    plan = make_plan(chains.tokens, model.band, 3)
+    u = model.copier(plan.keys)  # (n_k, H, d)
+    for h in range(3):
+        token = plan.keys[:, h + 1]  # head h (0-based) copies offset h + 1
+        present = token != 3
+        expected = torch.nn.functional.one_hot(token[present], 3).double()
+        torch.testing.assert_close(u[present, h], expected, atol=2e-6, rtol=0)  # ε of the L2 norm
+
+
+@pytest.mark.parametrize("subset", [(0,), (0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize("a", [0.5, 4.0])
+def test_hard_copier_kernel_is_the_history_match_indicator(subset, a):
+    """Under a hard copier K(i, L+1) = 1[X_{i,S} = X_{L+1,S}], so the model is exactly the GIH at S and a."""
+    chains = sample_batch(30, 3, (1, 2), 0.2, 40, generator(2, "hard"))
+    model = _hard(GIHTransformer(GIHModelConfig(), 3).double(), subset)
+    with torch.no_grad():
+        model.a.fill_(a)
+    offsets = tuple(h + 1 for h in subset)
+    got = model(_double(make_plan(chains.tokens, model.band, 3)))[:, 0]
+    want = gih_predict(chains.tokens[:, :-1], offsets, 3, a)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_gradient_on_p_at_init_is_proportional_to_modified_mi():
+    """Spec §5: at init (hard copier, equal c, small a) −∂ nll/∂p_S ≈ a·E_π Ĩ(S) on long stationary chains."""
+    d, parents, alpha, a = 3, (1, 2), 0.3, 1e-3
+    chains = sample_batch(3000, d, parents, alpha, 400, generator(3, "grad"), start="stationary")
+    model = GIHTransformer(GIHModelConfig(), d).double()
+    with torch.no_grad():
+        model.w.copy_(torch.where(model.w > 1.0, 80.0, 0.0))
+        model.a.fill_(a)
+    p = model.subset_share().detach().clone().requires_grad_(True)
+    model.subset_share = lambda: p
+    plan = _double(make_plan(chains.tokens, model.band, d))
+    (grad,) = torch.autograd.grad(prediction_loss(model(plan), plan.labels, "nll"), p)
+    prediction = predict_subset(d, parents, alpha, 3, 2, kernels=3000, seed=4)
+    mi = torch.tensor(
+        [prediction.table[",".join(str(h + 1) for h in s)][0] for s in model.subsets], dtype=torch.float64
+    )
+    slope = -grad / a
+    assert torch.corrcoef(torch.stack([slope, mi]))[0, 1] > 0.99
+    torch.testing.assert_close(slope, mi, rtol=0.06, atol=0.0)  # finite L and sampling: a few %
+    assert model.names[int(slope.argmax())] == "110"
+
+
+def test_plan_shares_windows():
+    """The fast path's tables are small: d = 3, span 5 has at most 4^5·3 key windows whatever the batch."""
+    chains = sample_batch(2000, 3, (1, 2), 0.1, 100, generator(5, "plan"))
+    model = GIHTransformer(GIHModelConfig(), 3)
+    plan = make_plan(chains.tokens, model.band, 3)
+    assert len(plan.keys) <= 3 * 4**5 and len(plan.queries) <= 3**5
+    keys = plan.keys[plan.key_index]  # every position's own window comes back
+    pos = torch.arange(100)
+    for o in range(6):
+        expect = torch.where(pos >= o, chains.tokens[:, (pos - o).clamp(min=0)], 3)
+        assert torch.equal(keys[..., o], expect)
+    assert int(plan.groups.log_count.exp().round().sum()) == 2000 * 100
+
+
+def test_every_head_band_in_both_layouts():
+    code = GIHTransformer(GIHModelConfig(heads=3), 3).band
+    assert [torch.nonzero(row).flatten().tolist() for row in code] == [[1, 2, 3], [2, 3, 4], [3, 4, 5]]
+    paper = GIHTransformer(GIHModelConfig(heads=2, layout="paper", window=4), 3).band
+    assert [torch.nonzero(row).flatten().tolist() for row in paper] == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    full = GIHTransformer(GIHModelConfig(variant="full"), 3).band
+    assert full[:, 0].all()
+    model = GIHTransformer(GIHModelConfig(heads=3), 3)
+    assert [int(model.w[h].argmax()) for h in range(3)] == [1, 2, 3]
+    assert math.isclose(float(model.subset_share().detach().sum()), 1.0, rel_tol=1e-6)
+    assert all(len(s) <= 2 for s in itertools.chain(model.subsets))
