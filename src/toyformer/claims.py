@@ -89,3 +89,16 @@ def check(claim: Claim, final: dict, theory: dict) -> dict:
         "expected": f"{claim.left} {claim.op} {factor}({claim.right})",
         "against": f"{claim.op} {factor}{_num(right)}",
     }
+
+
+def summarize(cfg, final: dict, theory: dict, **extra) -> dict:
+    """A run's summary.json: its final metrics, the theory's predictions and every claim checked against them."""
+    return {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "steps": cfg.train.steps,
+        "final": final,
+        "theory": theory,
+        **extra,
+        "checks": [check(c, final, theory) for c in cfg.claims],
+    }

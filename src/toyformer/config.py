@@ -228,22 +228,30 @@ class Claim(Strict):
         return self
 
 
-class ExperimentConfig(Strict):
-    """A topic-structure experiment (paper 1)."""
+class Experiment(Strict):
+    """What every experiment has, whatever its task: a name, seeds, a device, and the claims it expects."""
 
-    task: Literal["topic"] = "topic"
     name: str = "custom"
     description: str = ""
     seed: int = Field(0, ge=0)
     seeds: list[int] | None = Field(None, description="run once per seed and aggregate the claims")
     device: Literal["cpu", "cuda"] = "cpu"
+    claims: list[Claim] = Field(default_factory=list)
+
+    def dump(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+class ExperimentConfig(Experiment):
+    """A topic-structure experiment (paper 1)."""
+
+    task: Literal["topic"] = "topic"
     data: DataConfig = Field(default_factory=DataConfig)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     theory: TheoryConfig = Field(default_factory=TheoryConfig)
-    claims: list[Claim] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -269,9 +277,6 @@ class ExperimentConfig(Strict):
         if m.decoder == "identity" and d_model != n_ids:
             raise ValueError(f"model.decoder=identity needs d_model = number of ids ({n_ids}): use 'trained' or 'tied'")
         return self
-
-    def dump(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -384,20 +389,14 @@ class InductionTheoryConfig(Strict):
     kernels: int = Field(2000, ge=2, description="prior kernels averaged for E_π Ĩ(S) and S*")
 
 
-class InductionConfig(Strict):
+class InductionConfig(Experiment):
     """An induction-head experiment (paper 2)."""
 
     task: Literal["induction"]
-    name: str = "custom"
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    seeds: list[int] | None = Field(None, description="run once per seed and aggregate the claims")
-    device: Literal["cpu", "cuda"] = "cpu"
     data: ChainConfig = Field(default_factory=ChainConfig)
     model: GIHModelConfig = Field(default_factory=GIHModelConfig)
     train: InductionTrainConfig = Field(default_factory=InductionTrainConfig)
     theory: InductionTheoryConfig = Field(default_factory=InductionTheoryConfig)
-    claims: list[Claim] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> InductionConfig:
@@ -418,11 +417,8 @@ class InductionConfig(Strict):
                 raise ValueError(f"train.stages[{i}].groups: {bad} not in the {m.variant} model {sorted(allowed)}")
         return self
 
-    def dump(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
-
-TASKS: dict[str, type[Strict]] = {"topic": ExperimentConfig, "induction": InductionConfig}
+TASKS: dict[str, type[Experiment]] = {"topic": ExperimentConfig, "induction": InductionConfig}
 
 
 def num_ids(data: DataConfig) -> int:

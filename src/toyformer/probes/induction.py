@@ -69,6 +69,8 @@ class InductionProbe:
             "subset_share": {n: float(p) for n, p in zip(model.names, share, strict=True)},
             "c": {n: float(c) for n, c in zip(model.names, model.c, strict=True)},
             "selected_subset": ",".join(map(str, subset)),
+            "selected_size": len(subset),
+            "selected_in_parents": float(set(subset) <= set(self.cfg.data.parents)),
             "copy_offset": copy_offset,
             "rpe": [
                 [float(w) if inside else None for w, inside in zip(row, b, strict=True)]

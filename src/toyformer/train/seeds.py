@@ -1,8 +1,9 @@
 """Several seeds of one recipe: one member run per seed under a group directory, claims and metrics aggregated.
 
 The group's summary.json reports each claim as the share of seeds for which it held (it holds for the group when
-the share reaches the claim's ``min_share``), and each final metric as mean, standard deviation, range and a 95%
-interval of the mean. A group is complete exactly when its summary.json exists; resuming runs what is missing.
+the share reaches the claim's ``min_share``), each numeric final metric as mean, standard deviation, range and a 95%
+interval of the mean, and each text one (the selected subset) as counts per value. A group is complete exactly when
+its summary.json exists; resuming runs what is missing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
         std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
         half = 1.96 * std / math.sqrt(n)
         final[key] = {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "ci95": [mean - half, mean + half]}
+    for key in [k for k in summaries[0]["final"] if all(isinstance(s["final"].get(k), str) for s in summaries)]:
+        values = [s["final"][key] for s in summaries]  # e.g. the selected subset: how often each one
+        final[key] = {"counts": {v: values.count(v) for v in sorted(set(values))}}
     checks = []
     for i, claim in enumerate(cfg.claims):
         held = [s["checks"][i]["ok"] for s in summaries]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from toyformer.claims import check
+from toyformer.claims import summarize
 from toyformer.config import ConfigError, ExperimentConfig, num_ids
 from toyformer.data.lda import id_topics, topic_block_matrix
 from toyformer.data.stream import TopicStream
@@ -89,15 +89,7 @@ class TopicExperiment:
         records = run.metrics()
         final = {k: v for k, v in records[-1].items() if k != "step"}
         final |= onsets(records, STAGE_GROUPS, self.cfg.probes.onset_fraction)
-        checks = [check(c, final, self.theory) for c in self.cfg.claims]
-        return {
-            "name": self.cfg.name,
-            "seed": self.cfg.seed,
-            "steps": self.cfg.train.steps,
-            "final": final,
-            "theory": self.theory,
-            "checks": checks,
-        }
+        return summarize(self.cfg, final, self.theory)
 
 
 def run_topic(
