@@ -35,18 +35,13 @@ def _model(seed: int = 0, d: int = 3, **kw) -> GIHTransformer:
     return model
 
 
-def _double(plan):
-    plan.onehot = plan.onehot.double()
-    return plan
-
-
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
 @pytest.mark.parametrize("targets", ["last", "all"])
 @pytest.mark.parametrize("fast", [True, False])
 def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast):
     chains = sample_batch(12, 3, (1, 2), 0.3, 14, generator(0, "model-test"))
     model = _model(**kw)
-    plan = _double(make_plan(chains.tokens, model.band, 3, targets, fast))
+    plan = make_plan(chains.tokens, model.band, 3, targets, fast, torch.float64)
     assert plan.table == fast and (plan.groups is not None) == (fast and targets == "last")
     got = model(plan)
     want = reference_predict(model, chains.tokens, targets)
@@ -99,7 +94,7 @@ def test_hard_copier_kernel_is_the_history_match_indicator(subset, a):
     with torch.no_grad():
         model.a.fill_(a)
     offsets = tuple(h + 1 for h in subset)
-    got = model(_double(make_plan(chains.tokens, model.band, 3)))[:, 0]
+    got = model(make_plan(chains.tokens, model.band, 3, dtype=torch.float64))[:, 0]
     want = gih_predict(chains.tokens[:, :-1], offsets, 3, a)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -114,7 +109,7 @@ def test_gradient_on_p_at_init_is_proportional_to_modified_mi():
         model.a.fill_(a)
     p = model.subset_share().detach().clone().requires_grad_(True)
     model.subset_share = lambda: p
-    plan = _double(make_plan(chains.tokens, model.band, d))
+    plan = make_plan(chains.tokens, model.band, d, dtype=torch.float64)
     (grad,) = torch.autograd.grad(prediction_loss(model(plan), plan.labels, "nll"), p)
     prediction = predict_subset(d, parents, alpha, 3, 2, kernels=3000, seed=4)
     mi = torch.tensor(

@@ -6,7 +6,6 @@ Bad input (a config error, an unreadable file) prints one line on stderr and exi
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -284,17 +283,7 @@ def theory_ngram(
     except ConfigError as e:
         fail(str(e))
     prediction = predict_subset(d, pa, alpha, heads, degree, layout, window, kernels, seed)
-    out = {
-        "predicted_subset": prediction.predicted,
-        "mi_modified": {k: v[0] for k, v in prediction.table.items()},
-        "mi_modified_se": {k: v[1] for k, v in prediction.table.items()},
-        "mi_margin": prediction.margin if math.isfinite(prediction.margin) else None,
-        "mi_margin_se": prediction.margin_se,
-        "mi_standard": prediction.means["standard"],
-        "mi_code_ce": prediction.means["code-ce"],
-        "kernels": kernels,
-        "candidates": len(candidate_subsets(layout, heads, degree, window)),
-    }
+    out = prediction.summary() | {"candidates": len(candidate_subsets(layout, heads, degree, window))}
     if sequences:
         chains = sample_batch(sequences, d, pa, alpha, length, generator(seed, "theory-sequences"))
         best = tuple(int(x) for x in prediction.predicted.split(","))

@@ -161,7 +161,7 @@ class GIHTransformer(nn.Module):
     def _grouped(self, groups: Groups, k: torch.Tensor, batch: int) -> torch.Tensor:
         """The classifier over (sequence, distinct key window) groups: a group of n equal windows is one key with
         weight n, so a softmax over L positions becomes a weighted softmax over a sequence's distinct windows."""
-        logits = self.a * k + groups.log_count.to(k.dtype)  # (E,)
+        logits = self.a * k + groups.log_count  # (E,)
         if self.full or self.layernorm:  # the largest logit of each sequence
             shift = k.new_zeros(batch).scatter_reduce(0, groups.seq, logits.detach(), "amax", include_self=False)
             logits = logits - shift.index_select(0, groups.seq)
@@ -181,7 +181,7 @@ class Groups:
 
     seq: torch.Tensor  # (E,) the sequence of each group
     slot: torch.Tensor  # (E,) seq·d + the key's token (offset 0 of the window)
-    log_count: torch.Tensor  # (E,) log of how many keys of the sequence have this window (float64)
+    log_count: torch.Tensor  # (E,) log of how many keys of the sequence have this window
     pair: torch.Tensor  # (E,) the group's (query window, key window) pair, among the P distinct pairs
     query_rep: list[torch.Tensor]  # per head: a query window for each distinct content of the head's band
     key_rep: list[torch.Tensor]  # per head: the same for key windows
@@ -227,9 +227,16 @@ def _distinct(windows: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Ten
     return distinct, inverse.view(windows.shape[:-1])
 
 
-def make_plan(tokens: torch.Tensor, band: torch.Tensor, d: int, targets: str = "last", fast: bool = True) -> Plan:
+def make_plan(
+    tokens: torch.Tensor,
+    band: torch.Tensor,
+    d: int,
+    targets: str = "last",
+    fast: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Plan:
     """The plan of sequences ``tokens`` (B, L+1) (inputs x_1..x_L and the token(s) to predict) for a model whose
-    heads read the offsets ``band`` (H, span+1)."""
+    heads read the offsets ``band`` (H, span+1) and compute in ``dtype``."""
     span = band.shape[1] - 1
     length = tokens.shape[1] - 1
     inputs = tokens[:, :length]
@@ -238,24 +245,25 @@ def make_plan(tokens: torch.Tensor, band: torch.Tensor, d: int, targets: str = "
     # The query at τ sees the placeholder at offset 0 and x_{τ−o} at offset o: the key window of τ−1, shifted.
     before = key_windows(tokens, span, d)[:, taus - 1, :span]  # (B, T, span)
     queries = torch.cat([torch.full_like(before[..., :1], d + 1), before], dim=-1)
-    key_set, key_index = _distinct(keys, d + 2)
-    query_set, query_index = _distinct(queries, d + 2)
-    table = fast and len(key_set) * len(query_set) <= TABLE_LIMIT
-    if not fast:  # every window its own entry: the per-position path, no sharing
+    if fast:
+        key_set, key_index = _distinct(keys, d + 2)
+        query_set, query_index = _distinct(queries, d + 2)
+    else:  # every window its own entry: the per-position path, no sharing
         key_set, query_set = keys.reshape(-1, span + 1), queries.reshape(-1, span + 1)
         key_index = torch.arange(len(key_set), device=tokens.device).view(keys.shape[:2])
         query_index = torch.arange(len(query_set), device=tokens.device).view(queries.shape[:2])
+    table = fast and len(key_set) * len(query_set) <= TABLE_LIMIT
     visible = None
     if targets == "all":
         visible = torch.arange(length, device=tokens.device)[None, :] < taus[:, None]
     last = table and targets == "last"
-    groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d) if last else None
+    groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype) if last else None
     return Plan(
         keys=key_set,
         queries=query_set,
         key_index=key_index,
         query_index=query_index,
-        onehot=F.one_hot(inputs, d).float(),
+        onehot=F.one_hot(inputs, d).to(dtype),
         labels=tokens[:, taus],
         visible=visible,
         table=table,
@@ -270,6 +278,7 @@ def _groups(
     query_set: torch.Tensor,
     band: torch.Tensor,
     d: int,
+    dtype: torch.dtype,
 ) -> Groups:
     n_keys = len(key_set)
     slot = torch.arange(len(key_index), device=key_index.device)[:, None] * n_keys + key_index
@@ -286,7 +295,7 @@ def _groups(
     return Groups(
         seq=seq,
         slot=seq * d + key_set[key, 0],
-        log_count=count.double().log(),
+        log_count=count.double().log().to(dtype),
         pair=pair,
         query_rep=query_rep,
         key_rep=key_rep,

@@ -34,23 +34,28 @@ def reference_table(val: Chains, cfg: InductionConfig) -> dict[str, float]:
     return {f"loss_ref_{name}": losses(y, target)[cfg.train.loss] for name, y in predictors.items()}
 
 
-def copy_attention(model: GIHTransformer, plan: Plan) -> torch.Tensor:
-    """(H, span+1): each head's mean copy weight on each offset, over the key positions whose whole window lies in
-    the sequence (weighted by how often each window occurs)."""
-    counts = torch.bincount(plan.key_index.reshape(-1), minlength=len(plan.keys)).to(model.w.dtype)
-    counts = counts * (plan.keys != model.d).all(1)
-    weights = model.copier(plan.keys, attention=True)  # (n_k, H, span+1)
-    return torch.einsum("n,nho->ho", counts, weights) / counts.sum()
+def window_weights(plan: Plan, d: int) -> torch.Tensor:
+    """(n_k,) how often each distinct key window occurs, counting only windows that lie wholly in the sequence."""
+    counts = torch.bincount(plan.key_index.reshape(-1), minlength=len(plan.keys)).float()
+    return counts * (plan.keys != d).all(1)
+
+
+def copy_attention(model: GIHTransformer, plan: Plan, weights: torch.Tensor) -> torch.Tensor:
+    """(H, span+1): each head's mean copy weight on each offset over the key windows, weighted by ``weights``."""
+    attention = model.copier(plan.keys, attention=True)  # (n_k, H, span+1)
+    return torch.einsum("n,nho->ho", weights.to(attention.dtype), attention) / weights.sum()
 
 
 class InductionProbe:
     def __init__(self, val: Chains, plan: Plan, cfg: InductionConfig, references: dict[str, float]):
         self.val, self.plan, self.cfg, self.references = val, plan, cfg, references
         self.inputs, self.target = val.tokens[:, :-1].cpu(), val.tokens[:, -1].cpu()
+        self.weights = window_weights(plan, cfg.data.d)
 
-    def selected(self, model: GIHTransformer) -> tuple[dict[str, int], tuple[int, ...]]:
-        """The offset each head copies most, and the offsets copied by the heads of the largest-p_S subset."""
-        offsets = copy_attention(model, self.plan).argmax(1).tolist()
+    def selected(self, attention: torch.Tensor, model: GIHTransformer) -> tuple[dict[str, int], tuple[int, ...]]:
+        """The offset each head copies most (from its mean copy weights), and the offsets copied by the heads of the
+        largest-p_S subset."""
+        offsets = attention.argmax(1).tolist()
         best = model.subsets[int(model.subset_share().argmax())]
         return {str(h + 1): o for h, o in enumerate(offsets)}, tuple(sorted({offsets[h] for h in best}))
 
@@ -60,7 +65,8 @@ class InductionProbe:
         if self.cfg.data.targets == "all":
             record["loss_val_last"] = loss(y[:, -1:], self.plan.labels[:, -1:])
         share = model.subset_share()
-        copy_offset, subset = self.selected(model)
+        attention = copy_attention(model, self.plan, self.weights)
+        copy_offset, subset = self.selected(attention, model)
         a = float(model.a)
         gih = gih_predict(self.inputs, subset, model.d, a)
         band = model.band
@@ -76,7 +82,7 @@ class InductionProbe:
                 [float(w) if inside else None for w, inside in zip(row, b, strict=True)]
                 for row, b in zip(model.w.tolist(), band.tolist(), strict=True)
             ],
-            "copy_attention": copy_attention(model, self.plan).tolist(),
+            "copy_attention": attention.tolist(),
             "loss_ref_gih": losses(gih, self.target)[self.cfg.train.loss],
             "tv_to_gih": float(0.5 * (y[:, -1].double().cpu() - gih).abs().sum(1).mean()),
         }
@@ -84,6 +90,6 @@ class InductionProbe:
 
     def final_extras(self, model: GIHTransformer) -> dict:
         """The fixed reference losses, and the nll-optimal a of the GIH at the model's own S (spec §5)."""
-        _, subset = self.selected(model)
+        _, subset = self.selected(copy_attention(model, self.plan, self.weights), model)
         best_a, best_loss = best_gih_a(self.val.tokens.cpu(), subset, model.d, "nll")
         return self.references | {"gih_best_a_nll": best_a, "loss_gih_best_a_nll": best_loss}

@@ -10,6 +10,7 @@ way (x_l the least significant digit).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,20 @@ class SubsetPrediction:
     margin_se: float  # Monte-Carlo standard error of (best − runner-up), paired over the same kernels
     kernels: int
     means: dict[str, dict[str, float]]  # every MI kind ("nll", "code-ce", "standard") → subset → mean over kernels
+
+    def summary(self) -> dict:
+        """The public theory keys: predicted_subset, mi_modified (offset subset → Ĩ), mi_margin (None when there is
+        a single candidate, so no runner-up), and the rest of the table."""
+        return {
+            "predicted_subset": self.predicted,
+            "mi_modified": self.means["nll"],
+            "mi_modified_se": {k: v[1] for k, v in self.table.items()},
+            "mi_margin": self.margin if math.isfinite(self.margin) else None,
+            "mi_margin_se": self.margin_se,
+            "mi_standard": self.means["standard"],
+            "mi_code_ce": self.means["code-ce"],
+            "kernels": self.kernels,
+        }
 
 
 def sample_kernels(

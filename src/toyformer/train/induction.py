@@ -3,7 +3,6 @@ training → run directory, with the theory's S* and reference losses beside the
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -191,19 +190,7 @@ def theory(cfg: InductionConfig) -> dict:
     pred = predict_subset(
         d.d, tuple(d.parents), d.alpha, m.heads, m.degree, m.layout, m.window, cfg.theory.kernels, 0, loss
     )
-    nll = pred.means["nll"]
-    ranked = sorted(nll.values(), reverse=True)
-    return {
-        "predicted_subset": pred.predicted,
-        "mi_modified": nll,
-        "mi_code_ce": pred.means["code-ce"],
-        "mi_standard": pred.means["standard"],
-        "mi_margin": pred.margin if math.isfinite(pred.margin) else None,  # None: one candidate, no runner-up
-        "mi_margin_se": pred.margin_se,
-        "mi_best": ranked[0],
-        "mi_runner_up": ranked[1] if len(ranked) > 1 else math.nan,
-        "selection_by": loss,
-    }
+    return pred.summary() | {"selection_by": loss}
 
 
 def build(cfg: InductionConfig) -> InductionExperiment:
