@@ -93,10 +93,11 @@ def check(claim: Claim, final: dict, theory: dict) -> dict:
 
 def summarize(cfg, final: dict, theory: dict, **extra) -> dict:
     """A run's summary.json: its final metrics, the theory's predictions and every claim checked against them."""
+    train = getattr(cfg, "train", None)  # an analysis has no training
     return {
         "name": cfg.name,
         "seed": cfg.seed,
-        "steps": cfg.train.steps,
+        **({"steps": train.steps} if train is not None else {}),
         "final": final,
         "theory": theory,
         **extra,

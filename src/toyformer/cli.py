@@ -33,6 +33,8 @@ app = typer.Typer(
 )
 theory_app = typer.Typer(no_args_is_help=True, help="Print the theory's predictions for a setting.")
 app.add_typer(theory_app, name="theory")
+corpus_app = typer.Typer(no_args_is_help=True, help="Real text: fit and inspect the topics of a corpus.")
+app.add_typer(corpus_app, name="corpus")
 console = Console(stderr=True)
 out_console = Console()
 
@@ -383,6 +385,140 @@ def eval_(
         table.add_row(name, f"{result['loss_ref_' + name]:.4f}")
     out_console.print(table)
     out_console.print(f"total variation to the GIH: {result['tv_to_gih']:.4f}", highlight=False)
+
+
+def _stage_bars(progress: Progress):
+    """The progress callback of long text work: each stage (description, total) gets its own bar."""
+
+    def start(description: str, total: int | None):
+        task = progress.add_task(description, total=total, info="")
+        return lambda n: progress.advance(task, n)
+
+    return start
+
+
+CorpusOpt = Annotated[
+    str, typer.Option(help="wiki-vital, a folder of .txt files, a .jsonl file, a saved datasets folder or hf:NAME")
+]
+LangOpt = Annotated[str, typer.Option(help="language of wiki-vital and of the stop words: en, fr, es")]
+
+
+def _text_config(cls, raw: dict, set_: list[str] | None):
+    return config_mod.validate_as(cls, config_mod.apply_overrides(raw, list(set_ or [])))
+
+
+@corpus_app.command("topics")
+def corpus_topics_cmd(
+    corpus: CorpusOpt = "wiki-vital",
+    lang: LangOpt = "en",
+    topics: Annotated[int | None, typer.Option(help="number of LDA topics (default 50)")] = None,
+    passes: Annotated[int | None, typer.Option(help="LDA passes over the corpus (default 10)")] = None,
+    weighting: Annotated[str | None, typer.Option(help="counts or tfidf (the paper's)")] = None,
+    set_: SetOpt = None,
+    refit: Annotated[bool, typer.Option(help="fit again even if the topics are cached")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Fit LDA topics on a corpus (cached) and print them; the cache folder is the last line.
+    More settings: --set vocab.size=20000 --set topics.rule=posterior --set corpus.max_docs=5000 …"""
+    from toyformer.config import TopicsFit
+    from toyformer.data.topics import corpus_topics
+
+    given = {"num_topics": topics, "passes": passes, "weighting": weighting}
+    raw = {"corpus": {"source": corpus, "lang": lang}, "topics": {k: v for k, v in given.items() if v is not None}}
+    try:
+        cfg = _text_config(TopicsFit, raw, set_)
+        with _progress() as progress:
+            fitted, path, cached = corpus_topics(cfg.corpus, cfg.vocab, cfg.topics, _stage_bars(progress), refit)
+    except ConfigError as e:
+        fail(str(e))
+    assignment, labels = fitted.assignment(), fitted.label_assignment()
+    info = {
+        "cache": str(path),
+        "cached": cached,
+        "documents": fitted.vocab.docs,
+        "vocabulary": len(fitted.vocab),
+        "topics": len(fitted.word_topic),
+        "topics_per_doc": fitted.topics_per_doc,
+        "words_with_topics": float(assignment.any(1).mean()),
+        "topics_per_word": float(assignment.sum(1).mean()),
+        "labels": fitted.labels,
+        "words_with_labels": float(labels.any(1).mean()) if labels.size else 0.0,
+        "topic_label_nmi": fitted.topic_label_nmi(),
+        "top_words": [fitted.top_words(t) for t in range(len(fitted.word_topic))],
+    }
+    if as_json:
+        out_console.print(json.dumps(info, indent=1, ensure_ascii=False), highlight=False, soft_wrap=True)
+    else:
+        table = Table(
+            title=f"{corpus}: {info['topics']} topics ({'cached' if cached else 'fitted'})", title_justify="left"
+        )
+        table.add_column("quantity")
+        table.add_column("value", justify="right")
+        for key in (
+            "documents",
+            "vocabulary",
+            "topics_per_doc",
+            "words_with_topics",
+            "topics_per_word",
+            "words_with_labels",
+            "topic_label_nmi",
+        ):
+            table.add_row(key, _fmt(info[key]))
+        out_console.print(table)
+        for t, words in enumerate(info["top_words"][:10]):
+            out_console.print(f"topic {t:3d}: {' '.join(words)}", highlight=False)
+    out_console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def analyze(
+    model_dir: Annotated[Path, typer.Argument(help="a local HuggingFace BERT-family model folder")],
+    corpus: CorpusOpt = "wiki-vital",
+    lang: LangOpt = "en",
+    docs: Annotated[int, typer.Option(help="documents whose attention is measured")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="documents per forward pass")] = 8,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="the run directory (default: runs/analyze-…)")] = None,
+) -> None:
+    """Topic structure of a pretrained encoder: embedding and per-layer, per-head attention class means against
+    LDA topics and category labels. Prints the run directory as the last line."""
+    from toyformer.analysis import analyze as run_analysis
+    from toyformer.config import AnalysisConfig
+
+    raw = {
+        "model_dir": str(model_dir),
+        "corpus": {"source": corpus, "lang": lang},
+        "docs": docs,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    try:
+        cfg = _text_config(AnalysisConfig, raw, set_)
+        with _progress() as progress:
+            run = run_analysis(cfg, out, _stage_bars(progress))
+    except ConfigError as e:
+        fail(str(e))
+    summary = run.summary()
+    final = summary["final"]
+    table = Table(title=f"{model_dir.name}: {final['docs']} documents", title_justify="left")
+    table.add_column("ground truth")
+    for column in ("emb same", "emb diff", "cos same", "cos diff", "attn same", "attn diff", "heads +"):
+        table.add_column(column, justify="right")
+    for name, prefix in (("LDA topics", ""), ("category labels", "label_")):
+        keys = (
+            "emb_same_topic",
+            "emb_diff_topic",
+            "emb_cos_same_topic",
+            "emb_cos_diff_topic",
+            "attn_same_topic",
+            "attn_diff_topic",
+            "attn_heads_topical",
+        )
+        table.add_row(name, *(_fmt(final.get(prefix + k)) for k in keys))
+    out_console.print(table)
+    _print_checks(summary, "claims")
+    out_console.print(str(run.path), highlight=False, soft_wrap=True)
 
 
 DEMO = ["topic/s1", "topic/s2", "topic/s2-squared", "topic/s3", "topic/s4", "induction/e2", "induction/demo"]

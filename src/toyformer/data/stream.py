@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from toyformer.config import ExperimentConfig, num_ids
+from toyformer.config import END, NUM_SPECIALS, PAD, START, ConfigError, ExperimentConfig, num_ids
 from toyformer.data.batch import Batch
 from toyformer.data.lda import (
     Documents,
@@ -27,14 +27,18 @@ class TopicStream:
         self.cfg, self.device, self.seed = cfg, torch.device(device), cfg.seed
         self.n_ids = num_ids(cfg.data)
         self.batch_size = cfg.train.batch_size
-        self.phi = topic_word_matrix(cfg.data).to(self.device)
-        self.dev = self._make("dev", cfg.data.dev_docs)
         self._order: tuple[int, torch.Tensor | None] = (-1, None)  # the current epoch's visiting order
-        self.train = self._make("train", cfg.data.train_docs) if cfg.data.split == "fixed" else None
+        self.dev, self.train = self._splits()
         if self.train is not None and len(self.train) < self.batch_size:
-            from toyformer.config import ConfigError
+            raise ConfigError(
+                f"the training documents ({len(self.train)}) must be >= train.batch_size ({self.batch_size})"
+            )
 
-            raise ConfigError(f"data.train_docs ({len(self.train)}) must be >= train.batch_size ({self.batch_size})")
+    def _splits(self) -> tuple[Batch, Batch | None]:
+        """The dev split, and the fixed training split (None: fresh documents every step)."""
+        self.phi = topic_word_matrix(self.cfg.data).to(self.device)
+        dev = self._make("dev", self.cfg.data.dev_docs)
+        return dev, self._make("train", self.cfg.data.train_docs) if self.cfg.data.split == "fixed" else None
 
     def _gen(self, purpose: str, step: int = 0) -> torch.Generator:
         return generator(self.seed, purpose, step, self.device)
@@ -77,3 +81,45 @@ class TopicStream:
         """Uncorrupted dev documents for the attention statistics and attention maps."""
         n = min(self.cfg.probes.docs, self.cfg.data.dev_docs)
         return sample_documents(self.cfg.data, n, self._gen("dev-docs"), self.device)
+
+
+def text_documents(encoded: list[list[int]], max_len: int, device: str | torch.device = "cpu") -> Documents:
+    """Word-id lists as documents in the official layout: START words END, padded (the first max_len words)."""
+    lengths = torch.tensor([min(len(d), max_len) for d in encoded], dtype=torch.long)
+    words = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(d[:max_len], dtype=torch.long) for d in encoded], batch_first=True, padding_value=-1
+    )
+    ids = torch.full((len(encoded), int(lengths.max()) + 2), PAD, dtype=torch.long)
+    ids[:, 0] = START
+    ids[:, 1 : words.shape[1] + 1] = torch.where(words >= 0, words + NUM_SPECIALS, PAD)
+    ids[torch.arange(len(encoded)), lengths + 1] = END
+    return Documents(ids.to(device), lengths.to(device), None)
+
+
+class TextStream(TopicStream):
+    """MLM batches of real text (spec §8): the corpus's documents as bags of vocabulary words, a fixed split
+    (the last ``dev_docs`` documents held out), masks drawn once (static) or per step as configured."""
+
+    def __init__(self, cfg: ExperimentConfig, encoded: list[list[int]], device: str | torch.device = "cpu"):
+        data = cfg.data
+        if len(encoded) <= data.dev_docs:
+            raise ConfigError(
+                f"data.dev_docs ({data.dev_docs}) leaves no training documents out of {len(encoded)}: lower it"
+            )
+        self.documents = {
+            "train": text_documents(encoded[: -data.dev_docs], data.doc_len_max, device),
+            "dev": text_documents(encoded[-data.dev_docs :], data.doc_len_max, device),
+        }
+        super().__init__(cfg, device)
+
+    def _splits(self) -> tuple[Batch, Batch]:
+        self.phi = None
+        return self._make("dev"), self._make("train")
+
+    def _make(self, split: str, n: int | None = None) -> Batch:
+        return corrupt(self.documents[split].ids, self.cfg.masking, self.n_ids, self._gen(f"{split}-mask"))
+
+    def probe_documents(self) -> Documents:
+        n = min(self.cfg.probes.docs, self.cfg.data.dev_docs)
+        dev = self.documents["dev"]
+        return Documents(dev.ids[:n], dev.lengths[:n], None)

@@ -124,8 +124,9 @@ class Attention(nn.Module):
             xq = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
             qids = None if ids is None else ids.gather(1, query_index)
         pattern = self.pattern(xq, x, key_bias, table, ids, qids)
-        if table is not None:
-            # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product.
+        if table is not None and table.shape[0] * self.d_head <= x.shape[1] * x.shape[2]:
+            # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product; cheaper
+            # than mixing the inputs while V·d_head <= L·d_model (small vocabularies: the synthetic topics).
             bins = pattern.new_zeros(*pattern.shape[:-1], table.shape[0])
             bins = bins.scatter_add(-1, ids[:, None, None, :].expand_as(pattern), pattern)
             z = bins @ torch.einsum("vd,hde->hve", table, self.W_V)[None]

@@ -48,6 +48,8 @@ class CircuitStructure:
         ov = ov_circuit(model)
         table = model.embedding_table()
         out = class_means(table @ table.T, self.classes, "emb")
+        unit = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        out |= class_means(unit @ unit.T, self.classes, "emb_cos")
         out |= class_means(ov, self.classes, "wv")
         # W^VᵀW^V over inputs (inputs' value vectors are rows here), after removing what a trained bias absorbs:
         # each output's mean over the input words. Without that, a shared offset swamps every class.
@@ -105,6 +107,19 @@ class AttentionClasses:
             suffix = f"_layer{layer}" if layer else ""
             means = attention_class_means(pattern.mean(1), self.ids, self.id_topics)
             out |= {k + suffix: v for k, v in means.items()}
+        return out
+
+    @torch.no_grad()
+    def head_gap(self, model: TopicTransformer) -> dict[str, list[float]]:
+        """Layer → per-head same-topic minus different-topic attention (the summary's attn_head_gap)."""
+        _, patterns = model(self.ids, self.key_bias)
+        out = {}
+        for layer, pattern in enumerate(patterns):
+            gaps = []
+            for head in range(pattern.shape[1]):
+                m = attention_class_means(pattern[:, head], self.ids, self.id_topics)
+                gaps.append(m.get("attn_same_topic", float("nan")) - m.get("attn_diff_topic", float("nan")))
+            out[str(layer)] = gaps
         return out
 
 

@@ -32,20 +32,25 @@ def _heatmap(ax, matrix: torch.Tensor, title: str, block: int | None) -> None:
 def write_figures(run: Run, experiment) -> list[str]:
     """Write the run's figures into ``run/figures`` and return their file names."""
     model, cfg = experiment.model, experiment.cfg
-    words = slice(NUM_SPECIALS, None)
-    block = cfg.data.words_per_topic if cfg.data.topic_sizes is None else None
+    # words with topics, grouped by their first topic (synthetic topics: the id order itself)
+    z = experiment.id_topics.to(model.W_E.device)
+    first = torch.where(z.any(1), z.float().argmax(1), z.shape[1]) * len(z) + torch.arange(len(z), device=z.device)
+    first[:NUM_SPECIALS] = first.max() + 1
+    words = torch.argsort(first)[: int(z[NUM_SPECIALS:].any(1).sum())]
+    synthetic = cfg.data.kind == "lda" and cfg.data.topic_sizes is None
+    block = cfg.data.words_per_topic if synthetic else None
     out = run.path / "figures"
     out.mkdir(exist_ok=True)
     written = []
     with torch.no_grad():
-        mats = [("OV circuit (W^V)", ov_circuit(model)[words, words])]
+        mats = [("OV circuit (W^V)", ov_circuit(model)[words][:, words])]
         if cfg.model.embedding == "trained":
             table = model.embedding_table()
-            mats.insert(0, ("embedding Gram EEᵀ", (table @ table.T)[words, words]))
+            mats.insert(0, ("embedding Gram EEᵀ", (table @ table.T)[words][:, words]))
         qk = qk_circuit(model)
         if qk is not None:
             # softmax ignores per-query constants and per-key saliences swamp the picture: show both removed
-            qk = qk[words, words]
+            qk = qk[words][:, words]
             qk = qk - qk.mean(0, keepdim=True) - qk.mean(1, keepdim=True) + qk.mean()
             mats.append(("QK circuit (W_QᵀW_K), double-centred", qk))
         fig, axes = plt.subplots(1, len(mats), figsize=(5.2 * len(mats), 4.5))
@@ -63,7 +68,7 @@ def write_figures(run: Run, experiment) -> list[str]:
         for k, ax in enumerate(axes):
             ids = probe.ids[k]
             n = int((ids != PAD).sum())
-            order = torch.argsort(ids[:n], stable=True)  # group tokens by id, hence by topic
+            order = torch.argsort(first[ids[:n]])  # group tokens by topic, then by id
             att = pattern[k].expand(len(ids), len(ids))[:n, :n][order][:, order] * n / 100
             im = ax.imshow(att.cpu().numpy(), cmap="viridis", interpolation="nearest")
             ax.set_title(f"dev document {k}: attention ×n/100", fontsize=9)

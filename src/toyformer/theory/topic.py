@@ -72,14 +72,23 @@ def least_squares_optimum(stats: Regression, l2: float = 0.0, intercept: bool = 
 
 
 def pair_classes(data: DataConfig) -> dict[str, torch.Tensor]:
-    """Boolean (V, V) masks over word-id pairs: same word, same topic (different words), different topic."""
-    z = id_topics(data).double()
-    is_word = torch.zeros(num_ids(data), dtype=torch.bool)
+    return word_pair_classes(id_topics(data))
+
+
+def word_pair_classes(z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean (V, V) masks over word-id pairs from the (V, T) topic sets of the ids: same word, same topic
+    (different words), different topic, and, when some word has no topic, unassigned (either has none)."""
+    is_word = torch.zeros(len(z), dtype=torch.bool)
     is_word[NUM_SPECIALS:] = True
     words = is_word[:, None] & is_word[None, :]
-    share = (z @ z.T) > 0
+    share = (z.double() @ z.double().T) > 0
+    has = z.any(1)
+    assigned = has[:, None] & has[None, :]
     eye = torch.eye(len(z), dtype=torch.bool)
-    return {"same_word": words & eye, "same_topic": words & share & ~eye, "diff_topic": words & ~share}
+    out = {"same_word": words & eye, "same_topic": words & share & ~eye, "diff_topic": words & assigned & ~share}
+    if not has[NUM_SPECIALS:].all():
+        out["unassigned"] = words & ~assigned & ~eye
+    return out
 
 
 def class_means(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:

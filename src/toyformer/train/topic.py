@@ -8,21 +8,22 @@ from pathlib import Path
 import torch
 
 from toyformer.claims import summarize
-from toyformer.config import ConfigError, ExperimentConfig, num_ids
+from toyformer.config import NUM_SPECIALS, ConfigError, ExperimentConfig, num_ids
 from toyformer.data.lda import id_topics, topic_block_matrix
-from toyformer.data.stream import TopicStream
+from toyformer.data.stream import TextStream, TopicStream
 from toyformer.models.topic import TopicTransformer
 from toyformer.probes.stages import STAGE_GROUPS, onsets
 from toyformer.probes.topic import AttentionClasses, CircuitStructure, DevLoss, Norms, OptimumDistance
 from toyformer.random import generator
 from toyformer.runs import Run
-from toyformer.theory.topic import pair_classes, predictions
+from toyformer.theory.topic import predictions, word_pair_classes
 from toyformer.train.loop import log_schedule, train
 from toyformer.train.losses import l2_penalty, model_loss
 
 
 def build_model(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> TopicTransformer:
-    model = TopicTransformer(cfg.model, num_ids(cfg.data), generator(cfg.seed, "init"), topic_block_matrix(cfg.data))
+    block = topic_block_matrix(cfg.data) if cfg.model.value_init == "topic_block" else None
+    model = TopicTransformer(cfg.model, num_ids(cfg.data), generator(cfg.seed, "init"), block)
     return model.to(device)
 
 
@@ -43,26 +44,64 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class SyntheticSource:
+    """LDA documents (spec §1) and the theory's predictions for them."""
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device):
+        self.stream = TopicStream(cfg, device)
+        self.id_topics = id_topics(cfg.data)
+        self.theory, self.optimum = predictions(cfg)
+        self.extras: dict = {}
+
+
+class TextSource:
+    """A real corpus (spec §8) as bags of vocabulary words; word topics from its cached LDA fit or its labels.
+    There is no closed-form optimum here, so no theory block."""
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device):
+        from toyformer.data.text import documents
+        from toyformer.data.topics import corpus_topics
+
+        data = cfg.data
+        topics, _, _ = corpus_topics(data.corpus, data.vocab, data.topics)
+        truth = topics.assignment() if data.truth == "topics" else topics.label_assignment()
+        self.id_topics = torch.zeros(num_ids(data), truth.shape[1], dtype=torch.bool)
+        self.id_topics[NUM_SPECIALS : NUM_SPECIALS + len(truth)] = torch.from_numpy(truth)
+        encoded = [ids for ids in map(topics.vocab.encode, (d.text for d in documents(data.corpus))) if len(ids) > 1]
+        self.stream = TextStream(cfg, encoded, device)
+        self.theory, self.optimum = {}, None
+        self.extras = {
+            "topics_per_doc": topics.topics_per_doc,
+            "words_with_topics": float(truth.any(1).mean()),
+            "documents": len(encoded),
+        }
+
+
+SOURCES = {"lda": SyntheticSource, "text": TextSource}
+
+
 class TopicExperiment:
     """Everything a topic run needs, built from its config alone (so a resumed run rebuilds the same objects)."""
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.stream = TopicStream(cfg, self.device)
+        self.source = SOURCES[cfg.data.kind](cfg, self.device)
+        self.stream, self.id_topics, self.theory = self.source.stream, self.source.id_topics, self.source.theory
         self.model = build_model(cfg, self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.trained = [p for p in self.model.parameters() if p.requires_grad]
-        self.theory, optimum = predictions(cfg)
-        classes = pair_classes(cfg.data)
+        classes = word_pair_classes(self.id_topics)
         self.init_state = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.attention = AttentionClasses(self.stream.probe_documents(), self.id_topics)
         self.probes = [
             CircuitStructure({k: m.to(self.device) for k, m in classes.items()}),
-            AttentionClasses(self.stream.probe_documents(), id_topics(cfg.data)),
+            self.attention,
             Norms(self.init_state),
             DevLoss(self.stream.dev, cfg.train.loss),
-            OptimumDistance(optimum, classes),
         ]
+        if self.source.optimum is not None:
+            self.probes.append(OptimumDistance(self.source.optimum, classes))
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         return model_loss(model, batch, self.cfg.train.loss) + l2_penalty(self.trained, self.cfg.train.l2)
@@ -89,6 +128,7 @@ class TopicExperiment:
         records = run.metrics()
         final = {k: v for k, v in records[-1].items() if k != "step"}
         final |= onsets(records, STAGE_GROUPS, self.cfg.probes.onset_fraction)
+        final |= self.source.extras | {"attn_head_gap": self.attention.head_gap(self.model)}
         return summarize(self.cfg, final, self.theory)
 
 
