@@ -24,36 +24,14 @@ import time
 from pathlib import Path
 
 
-def random_bert(folder: Path, layers: int, heads: int, width: int, vocab_size: int) -> Path:
-    """A BERT with random weights and a WordPiece tokenizer trained on wiki-vital: nothing is downloaded."""
-    import torch
-    import transformers
-    from tokenizers import BertWordPieceTokenizer
-
+def bert(folder: Path, layers: int, heads: int, width: int) -> Path:
+    """Random weights, WordPiece vocabulary of 30,522 trained on wiki-vital: nothing is downloaded."""
+    from toyformer.analysis import random_bert
     from toyformer.config import CorpusConfig
     from toyformer.data.text import documents
 
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator((d.text for d in documents(CorpusConfig())), vocab_size=vocab_size)
-    tokenizer = transformers.BertTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        cls_token="[CLS]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-    )
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * width,
-    )
-    transformers.BertModel(cfg).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    texts = (d.text for d in documents(CorpusConfig()))
+    return random_bert(folder, texts, vocab_size=30522, layers=layers, heads=heads, width=width)
 
 
 def measured(args: list[str], env: dict, out: Path) -> dict:
@@ -81,7 +59,7 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOYFORMER_CACHE=str(work / "cache"))
     results: dict = {"machine": platform.machine(), "threads": args.threads}
 
-    model = args.model or random_bert(work / "bert-6x12x384", 6, 12, 384, 30522)
+    model = args.model or bert(work / "bert-6x12x384", 6, 12, 384)
     # topics fitted once beforehand: the speed case measures the analysis itself
     subprocess.run(
         [sys.executable, "-m", "toyformer.cli", "corpus", "topics"], env=env, check=True, stdout=subprocess.DEVNULL
@@ -93,7 +71,7 @@ def main() -> None:
         "target_s": 300,
     }
 
-    small = random_bert(work / "bert-2x4x128", 2, 4, 128, 30522)
+    small = bert(work / "bert-2x4x128", 2, 4, 128)
     results["scale"] = {}
     for repeat in (1, 10):
         sets = ["--set", f"corpus.repeat={repeat}", "--set", "topics.passes=1"]

@@ -238,28 +238,12 @@ def test_attention_class_stats_against_brute_force():
 
 
 def _tiny_bert(tmp_path, texts):
-    """A small randomly initialised BERT and a WordPiece tokenizer trained on the texts: nothing downloaded."""
+    """A small randomly initialised BERT; its WordPiece vocabulary is small, so many words split into pieces."""
     transformers = pytest.importorskip("transformers")
-    from tokenizers import BertWordPieceTokenizer
+    from toyformer.analysis import random_bert
 
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=80, min_frequency=1)  # small: many words split into pieces
-    tokenizer = transformers.BertTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        cls_token="[CLS]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-    )
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-    )
-    model_dir = tmp_path / "tiny-bert"
-    transformers.BertModel(cfg).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir, tokenizer
+    model_dir = random_bert(tmp_path / "tiny-bert", texts, vocab_size=80, layers=2, heads=4, width=32)
+    return model_dir, transformers.AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_word_matcher_finds_vocabulary_words_among_pieces(tmp_path, corpus):

@@ -44,6 +44,31 @@ def load_model(model_dir: str, device: str):
     return tokenizer, model.to(device).eval()
 
 
+def random_bert(folder: Path, texts, vocab_size: int, layers: int, heads: int, width: int, seed: int = 0) -> Path:
+    """A BERT with random weights and a WordPiece tokenizer trained on ``texts``, saved as a model folder that
+    `toyformer analyze` reads: tests and benchmarks need no download."""
+    try:
+        import transformers
+        from tokenizers import BertWordPieceTokenizer
+    except ImportError:
+        raise ConfigError("a random BERT needs transformers: pip install 'toyformer[wiki]'") from None
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1)
+    specials = {f"{name}_token": f"[{name.upper()}]" for name in ("unk", "sep", "cls", "pad", "mask")}
+    tokenizer = transformers.BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, **specials)
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+    )
+    transformers.BertModel(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def truth_tables(topics: Topics) -> dict[str, torch.Tensor]:
     """Word → classes over the corpus vocabulary, (V, T) and (V, C) bool: 'topics' (LDA) and 'labels'."""
     return {
