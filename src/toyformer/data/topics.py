@@ -176,6 +176,9 @@ class BagsOfWords:
                 self.advance(1)
             yield ids, counts, doc.label
 
+    def __len__(self) -> int:  # known from the vocabulary pass; spares gensim a pass to count documents
+        return self.vocab.docs
+
     def bag(self, ids: np.ndarray, counts: np.ndarray) -> list[tuple[int, float]]:
         weights = counts.astype(np.float64)
         if self.idf is not None:  # TF-IDF, unit length (gensim's TfidfModel convention)
