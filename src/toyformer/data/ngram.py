@@ -35,22 +35,35 @@ def sample_chains(
     device = kernels.device
     cdf = torch.cumsum(kernels, dim=-1)
     cdf[..., -1] = 1.0  # rounding must never leave a uniform above the last bin
-    u = torch.rand(b, length, generator=gen, dtype=cdf.dtype, device=device)
+    u = torch.rand(length, b, generator=gen, dtype=cdf.dtype, device=device)  # time-major: a step reads a row
     tokens = torch.empty(b, length, dtype=torch.long, device=device)
     if start == "uniform":
-        tokens[:, :m] = (u[:, :m] * d).long().clamp_(max=d - 1)
+        tokens[:, :m] = (u[:m].T * d).long().clamp_(max=d - 1)
     else:
         law = torch.cumsum(stationary_windows(kernels.double().cpu(), d, parents).to(device), dim=-1)
-        window = torch.searchsorted(law, u[:, :1].double().contiguous()).clamp_(max=d**m - 1).squeeze(1)
+        window = torch.searchsorted(law, u[0, :, None].double()).clamp_(max=d**m - 1).squeeze(1)
         for i in range(m):  # window code, oldest token first
             tokens[:, i] = (window // d ** (m - 1 - i)) % d
-    rows_of = torch.arange(b, device=device)
-    weights = torch.tensor([d ** (len(parents) - 1 - k) for k in range(len(parents))], device=device)
-    offsets = torch.tensor(parents, device=device)
+    # The last m tokens as a base-d code w (x_{t-1} least significant), rolled forward each step. Each kernel's rows
+    # are laid out by w once, so a step gathers the current row's cumulative bins, counts those below the uniform
+    # (that count is the token) and gathers the next code.
+    window = torch.zeros(b, dtype=torch.long, device=device)
+    for i in range(1, m + 1):
+        window += tokens[:, m - i] * d ** (i - 1)
+    codes = torch.arange(d**m, device=device)
+    row_of = sum((codes // d ** (p - 1) % d) * d ** (len(parents) - 1 - k) for k, p in enumerate(parents))
+    bins = [cdf[:, row_of, j].reshape(-1) for j in range(d - 1)]  # (B·d^m,) per bin; the last bin is 1
+    base = torch.arange(b, device=device) * d**m
+    shifted = (base[:, None] + codes * d % d**m).reshape(-1)  # index of (sequence, w·d mod d^m)
+    index = base + window
+    out = torch.empty(length, b, dtype=torch.long, device=device)
     for t in range(m, length):
-        code = (tokens[:, t - offsets] * weights).sum(1)
-        row = cdf[rows_of, code]  # (B, d)
-        tokens[:, t] = torch.searchsorted(row, u[:, t : t + 1].contiguous()).squeeze(1).clamp_(max=d - 1)
+        token = out[t]
+        torch.lt(bins[0].take(index), u[t], out=token)
+        for more in bins[1:]:
+            token += more.take(index) < u[t]
+        index = shifted.take(index).add_(token)
+    tokens[:, m:] = out[m:].T
     return tokens
 
 
@@ -69,7 +82,7 @@ def sample_batch(
 
     redraw_last: the first-order sanity task of the official code: x_L is redrawn uniform and the target x_{L+1}
     drawn again from the kernel given its (new) parents, so the target's context is uniform, not stationary."""
-    kernels = sample_kernels(n, d, len(parents), alpha, gen, device).float()
+    kernels = sample_kernels(n, d, len(parents), alpha, gen, device, torch.float32)
     tokens = sample_chains(kernels, parents, length + 1, gen, start)
     if redraw_last:
         tokens[:, length - 1] = torch.randint(d, (n,), generator=gen, device=device)

@@ -32,7 +32,8 @@ def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -
     """(K, d^m) stationary law of the window of the last m = max(pa) tokens, for the whole batch at once.
 
     The transition from window w to w' = (w[1:], e) has probability π(e | parents in w). Solved by GTH state
-    reduction (Grassmann–Taksar–Heyman), which only adds, multiplies and divides positive numbers. Power iteration
+    reduction (Grassmann–Taksar–Heyman), which only adds, multiplies and divides positive numbers (here as sums
+    and logsumexps of logs, so nothing underflows on kernels with entries near 1e-200). Power iteration
     oscillates on the nearly periodic chains that small α produces, and a linear solve of μ(P − I) = 0 cancels exit
     probabilities of 1e-20 against 1 and returns a wrong law. The loop runs over the d^m states, each step
     vectorised over the batch.
@@ -42,16 +43,14 @@ def stationary_windows(kernel: torch.Tensor, d: int, parents: tuple[int, ...]) -
     step = kernel.double()[:, parent_code_of_window(d, parents, m), :]  # (K, window, next token)
     nxt = (torch.arange(states) % d ** (m - 1))[:, None] * d + torch.arange(d)[None, :]  # (window, e) → window'
     p = torch.zeros(k, states, states, dtype=torch.float64)
-    p.scatter_add_(2, nxt.expand(k, -1, -1), step)
+    p = p.scatter_add_(2, nxt.expand(k, -1, -1), step).log()  # log space: folded exit masses can fall below 1e-308
     for n in range(states - 1, 0, -1):  # fold state n into states 0..n-1
-        exit_mass = p[:, n, :n].sum(1).clamp_min(1e-300)  # (K,)
-        p[:, :n, n] /= exit_mass[:, None]
-        p[:, :n, :n] += p[:, :n, n : n + 1] * p[:, n : n + 1, :n]
-    mu = torch.zeros(k, states, dtype=torch.float64)
-    mu[:, 0] = 1.0
+        p[:, :n, n] -= p[:, n, :n].logsumexp(1)[:, None]
+        p[:, :n, :n] = torch.logaddexp(p[:, :n, :n], p[:, :n, n : n + 1] + p[:, n : n + 1, :n])
+    mu = torch.zeros(k, states, dtype=torch.float64)  # log μ, unnormalised, μ_0 = 1
     for n in range(1, states):
-        mu[:, n] = (mu[:, :n] * p[:, :n, n]).sum(1)
-    return mu / mu.sum(1, keepdim=True)
+        mu[:, n] = (mu[:, :n] + p[:, :n, n]).logsumexp(1)
+    return torch.softmax(mu, dim=1)
 
 
 def stationary_joint(kernel: torch.Tensor, d: int, parents: tuple[int, ...], offsets: tuple[int, ...]) -> torch.Tensor:
@@ -136,10 +135,17 @@ class SubsetPrediction:
 
 
 def sample_kernels(
-    n: int, d: int, n_parents: int, alpha: float, gen: torch.Generator, device: str | torch.device = "cpu"
+    n: int,
+    d: int,
+    n_parents: int,
+    alpha: float,
+    gen: torch.Generator,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """(n, d^n_parents, d): every row an independent Dirichlet(α·1_d) draw."""
-    return dirichlet(torch.full((n, d**n_parents, d), alpha, dtype=torch.float64, device=device), gen)
+    """(n, d^n_parents, d): every row an independent Dirichlet(α·1_d) draw (sampled in log space, so float32 is
+    exact enough for training data; theory keeps float64)."""
+    return dirichlet(torch.full((n, d**n_parents, d), alpha, dtype=dtype, device=device), gen, dtype)
 
 
 def predict_subset(
