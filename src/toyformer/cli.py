@@ -73,22 +73,36 @@ def _progress() -> Progress:
     )
 
 
-def _train_all(cfg, seeds: list[int] | None, out: Path) -> Path:
-    """One run, or a group of runs when seeds are given; returns the directory holding summary.json."""
+def _train_all(cfg, seeds: list[int] | None, out: Path, sequential: bool = False) -> Path:
+    """One run, or a group of runs when seeds are given (stacked in one process unless ``sequential``); returns the
+    directory holding summary.json."""
     from toyformer.train.seeds import run_seeds
 
-    return run_seeds(cfg, seeds, out, _train) if seeds else _train(cfg, out).path
+    if not seeds:
+        return _train(cfg, out).path
+    if sequential:
+        return run_seeds(cfg, seeds, out, _train, sequential=True)
+    with _progress() as progress:
+        return run_seeds(cfg, seeds, out, _train, on_step=_ensemble_progress(progress, cfg, len(seeds)))
+
+
+def _ensemble_progress(progress: Progress, cfg, members: int):
+    task = progress.add_task(f"{cfg.name} × {members} seeds", total=cfg.train.steps + 1, info="")
+
+    def on_step(step: int, records: list[dict]) -> None:
+        info = None
+        if records:
+            losses = [r["loss_train"] for r in records]
+            info = f"loss {sum(losses) / len(losses):.4f} (mean of {len(records)} running)"
+        progress.update(task, completed=step + 1, **({"info": info} if info else {}))
+
+    return on_step
 
 
 def _experiment(cfg):
-    """The experiment object of a config's task, fully built (so every error comes before a directory exists)."""
-    if cfg.task == "induction":
-        from toyformer.train.induction import build
+    from toyformer.train.seeds import build_experiment
 
-        return build(cfg)
-    from toyformer.train.topic import TopicExperiment
-
-    return TopicExperiment(cfg)
+    return build_experiment(cfg)
 
 
 def _train(cfg, out: Path | None, resume=None):
@@ -154,7 +168,10 @@ def run(
     recipe: Annotated[str | None, typer.Argument(help="a name from `toyformer recipes` or a TOML file")] = None,
     set_: SetOpt = None,
     seed: Annotated[int | None, typer.Option(help="the run seed")] = None,
-    seeds: Annotated[str | None, typer.Option(help="several seeds, e.g. 0-4: one run each, claims aggregated")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="several seeds, e.g. 0-63: trained together as one stacked ensemble")
+    ] = None,
+    sequential: Annotated[bool, typer.Option(help="with --seeds: one seed after another instead of stacked")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
     out: Annotated[Path | None, typer.Option(help="the run directory (default: runs/NAME-sSEED-TIME)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run directory")] = None,
@@ -175,7 +192,7 @@ def run(
             seed_list = parse_seeds(seeds) if seeds else cfg.seeds
             out = out or default_dir(cfg, "seeds" if seed_list else f"s{cfg.seed}")
             try:
-                path = _train_all(cfg, seed_list, out)
+                path = _train_all(cfg, seed_list, out, sequential)
             except KeyboardInterrupt:
                 console.print(f"interrupted: continue with `toyformer run --resume {out}`", highlight=False)
                 raise typer.Exit(130) from None
@@ -191,7 +208,12 @@ def _resume(path: Path) -> Path:
     from toyformer.train.seeds import resume_seeds
 
     if (path / "group.json").is_file():
-        return resume_seeds(path, _train)
+        group = json.loads((path / "group.json").read_text())
+        if not group.get("stacked"):
+            return resume_seeds(path, _train)
+        with _progress() as progress:
+            cfg = config_mod.validate(group["config"])
+            return resume_seeds(path, _train, _ensemble_progress(progress, cfg, len(group["seeds"])))
     run = Run.open(path)
     if run.complete:
         raise ConfigError(f"{path}: the run is complete; nothing to resume")
@@ -548,6 +570,41 @@ def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = P
         console.print("[bold red]some claims did not hold[/]")
         raise typer.Exit(1)
     console.print("[bold green]every claim held[/]")
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="shorter timings and ensembles of 1, 4 and 16 only")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the results to this JSON file")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+) -> None:
+    """Speed and memory: generators (tokens/s), S2 and E5 steps/s, seed-ensemble scaling, probe overhead, peak
+    memory; on a GPU also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON."""
+    from toyformer import bench as bench_mod
+
+    try:
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device {device!r}: use cpu or cuda")
+        if device == "cuda" and not torch_cuda_available():
+            raise ConfigError("--device cuda: no CUDA device is visible here; use --device cpu")
+        if json_path is not None and not json_path.parent.is_dir():
+            raise ConfigError(f"--json {json_path}: the folder {json_path.parent} does not exist")
+    except ConfigError as e:
+        fail(str(e))
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    with console.status("benchmarking") as status:
+        results = bench_mod.run(device, quick, lambda msg: status.update(f"benchmarking: {msg}"))
+    out_console.print(bench_mod.write(results, json_path), highlight=False, soft_wrap=True)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main() -> None:  # pragma: no cover

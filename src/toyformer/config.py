@@ -179,6 +179,10 @@ class ModelConfig(Strict):
         return values
 
 
+GRAD_CLIP = "clip the gradient's global norm to this (per member in an ensemble)"
+STOP_LOSS = "stop at the first probe step whose mean train loss is at or below this (per member in an ensemble)"
+
+
 class TrainConfig(Strict):
     loss: Literal["ce", "squared"] = "ce"
     l2: float = Field(0.0, ge=0.0, description="λ of the penalty λ‖θ‖² on the trained parameters")
@@ -190,6 +194,8 @@ class TrainConfig(Strict):
     steps: int = Field(5000, ge=1)
     probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
     checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
+    grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
+    stop_loss: float | None = Field(None, description=STOP_LOSS)
 
 
 class ProbeConfig(Strict):
@@ -485,6 +491,8 @@ class InductionTrainConfig(Strict):
     stages: list[Stage] = Field(default_factory=lambda: [Stage(groups=["c", "w", "a"], steps=50_000)])
     probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
     checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
+    grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
+    stop_loss: float | None = Field(None, description=STOP_LOSS)
 
     @property
     def steps(self) -> int:

@@ -124,8 +124,8 @@ class GIHTransformer(nn.Module):
         return u / (u.norm(dim=-1, keepdim=True) + EPS_L2)
 
     # -- layer 2: selector kernel and classifier ---------------------------------------------------------------------
-    def kernel(self, inner: torch.Tensor) -> torch.Tensor:
-        """K = Σ_S p_S ∏_{k∈S} inner[k] from per-head inner products ``inner`` (H, ...)."""
+    def kernel(self, inner: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """K = Σ_S p_S ∏_{k∈S} inner[k] from per-head inner products ``inner`` (H, ...) or a list of H tensors."""
         p = self.subset_share()
         out = torch.zeros_like(inner[0])
         for i, s in enumerate(self.subsets):  # a handful of subsets; vectorised over everything else
@@ -137,16 +137,10 @@ class GIHTransformer(nn.Module):
 
     def forward(self, plan: Plan) -> torch.Tensor:
         """Predicted distributions (B, targets, d) for the sequences of ``plan``."""
-        keys, queries = self.copier(plan.keys), self.copier(plan.queries)  # (n_k, H, d), (n_q, H, d)
         if plan.groups is not None:  # K for each distinct (query window, key window) pair, then per group
-            g = plan.groups
-            inner = torch.stack(
-                [  # head h: a table over its own distinct (query, key) band contents, read for every pair
-                    (queries[g.query_rep[h], h] @ keys[g.key_rep[h], h].T).reshape(-1).index_select(0, g.head_pair[h])
-                    for h in range(self.cfg.heads)
-                ]
-            )  # (H, P)
-            return self._grouped(g, self.kernel(inner).index_select(0, g.pair), len(plan.labels))
+            k = self.pair_kernel(plan).index_select(0, plan.groups.pair)
+            return self.classify(plan.groups, k, self.a, len(plan.labels))
+        keys, queries = self.copier(plan.keys), self.copier(plan.queries)  # (n_k, H, d), (n_q, H, d)
         if plan.table:
             table = self.kernel(torch.einsum("qhd,khd->hqk", queries, keys)).reshape(-1)
             flat = plan.query_index[:, :, None] * len(plan.keys) + plan.key_index[:, None, :]
@@ -158,15 +152,29 @@ class GIHTransformer(nn.Module):
             logits = logits.masked_fill(~plan.visible, float("-inf"))
         return torch.einsum("btl,bld->btd", torch.softmax(logits, dim=-1), plan.onehot)
 
-    def _grouped(self, groups: Groups, k: torch.Tensor, batch: int) -> torch.Tensor:
-        """The classifier over (sequence, distinct key window) groups: a group of n equal windows is one key with
-        weight n, so a softmax over L positions becomes a weighted softmax over a sequence's distinct windows."""
-        logits = self.a * k + groups.log_count  # (E,)
+    def pair_kernel(self, plan: Plan, head_pair: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(P,) the kernel K of every distinct (query window, key window) pair of a grouped plan: head h's inner
+        products come from a table over its own distinct band contents, read at ``head_pair[h]`` (default: the
+        plan's own). This depends on the data only through the windows, so an ensemble computes it for every
+        member on one shared plan, each member at its own pairs."""
+        keys, queries, g = self.copier(plan.keys), self.copier(plan.queries), plan.groups
+        head_pair = g.head_pair if head_pair is None else head_pair
+        inner = [  # per head, (P,); a list, not a stacked tensor, so the backward builds no (H, P) zeros per term
+            (queries[g.query_rep[h], h] @ keys[g.key_rep[h], h].T).reshape(-1).index_select(0, head_pair[h])
+            for h in range(self.cfg.heads)
+        ]
+        return self.kernel(inner)
+
+    def classify(self, groups: Groups, k: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
+        """The classifier over (sequence, distinct key window) groups, (batch, 1, d): a group of n equal windows is
+        one key with weight n, so a softmax over L positions becomes a weighted softmax over a sequence's distinct
+        windows. ``k`` (E,) is each group's kernel value and ``a`` the scale: one, or one per group (an ensemble)."""
+        logits = a * k + groups.log_count  # (E,)
         if self.full or self.layernorm:  # the largest logit of each sequence
             shift = k.new_zeros(batch).scatter_reduce(0, groups.seq, logits.detach(), "amax", include_self=False)
             logits = logits - shift.index_select(0, groups.seq)
         else:  # L2-normalised copies of one-hot tokens are non-negative: 0 <= K <= 1, so a·K <= max(a, 0)
-            logits = logits - self.a.detach().clamp_min(0)
+            logits = logits - a.detach().clamp_min(0)
         per_token = k.new_zeros(batch * self.d).index_add(0, groups.slot, logits.exp()).view(batch, self.d)
         return (per_token / per_token.sum(1, keepdim=True))[:, None, :]
 
@@ -219,7 +227,7 @@ def _distinct(windows: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Ten
     """Distinct rows of (..., span+1) windows and the index of each row among them."""
     flat = windows.reshape(-1, windows.shape[-1])
     if windows.shape[-1] * base.bit_length() <= 62:  # code each window as an integer: a 1-D unique is fast
-        code = flat @ (base ** torch.arange(flat.shape[1], device=flat.device))
+        code = (flat * base ** torch.arange(flat.shape[1], device=flat.device)).sum(1)  # no integer matmul on CUDA
         codes, inverse = torch.unique(code, return_inverse=True)
         distinct = (codes[:, None] // base ** torch.arange(flat.shape[1], device=flat.device)) % base
     else:

@@ -87,12 +87,21 @@ class Attention(nn.Module):
         else:
             self.W_O = nn.Parameter(init((h, d_head, d_model), cfg.output_init, h * d_head))
 
+    def histogram(self, table: torch.Tensor | None, length: int) -> bool:
+        """Whether layer 0 mixes token ids (a V-sized histogram) instead of the inputs: then x = W_E[ids] is never
+        built. Cheaper while V·d_head <= L·d_model (small vocabularies: the synthetic topics)."""
+        return table is not None and length > 1 and table.shape[0] * self.d_head <= length * table.shape[1]
+
+    def through(self, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """W_E·W per head, (H, V, d_head)."""
+        return torch.einsum("vd,hde->hve", table, weight)
+
     def project(self, x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor | None, ids) -> torch.Tensor:
         """x·W per head, (B, H, L, d_head). On the embedding layer x = W_E[ids], so it is a gather from the small
         table W_E·W (V × H × d_head) instead of a B·L·d·d_head product."""
         if table is not None:
             return (
-                F.embedding(ids, torch.einsum("vd,hde->vhe", table, weight).flatten(1))
+                F.embedding(ids, self.through(table, weight).transpose(0, 1).flatten(1))
                 .unflatten(-1, weight.shape[::2])
                 .transpose(1, 2)
             )
@@ -116,20 +125,25 @@ class Attention(nn.Module):
         ids: torch.Tensor | None = None,
     ):
         """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
-        table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0)."""
-        if x.shape[1] == 1:
+        table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0); x may
+        then be None where ``histogram`` says it is not read."""
+        length = ids.shape[1] if x is None else x.shape[1]
+        if length == 1:
             key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
         xq, qids = x, ids
-        if query_index is not None and x.shape[1] > 1:
-            xq = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
+        if query_index is not None and length > 1:
+            xq = None if x is None else x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
             qids = None if ids is None else ids.gather(1, query_index)
         pattern = self.pattern(xq, x, key_bias, table, ids, qids)
-        if table is not None and table.shape[0] * self.d_head <= x.shape[1] * x.shape[2]:
-            # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product; cheaper
-            # than mixing the inputs while V·d_head <= L·d_model (small vocabularies: the synthetic topics).
+        if self.histogram(table, length):
+            # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product.
             bins = pattern.new_zeros(*pattern.shape[:-1], table.shape[0])
             bins = bins.scatter_add(-1, ids[:, None, None, :].expand_as(pattern), pattern)
-            z = bins @ torch.einsum("vd,hde->hve", table, self.W_V)[None]
+            (v, d), rows = table.shape, bins.shape[0] * bins.shape[2]
+            if rows * d * (v + self.d_head) < v * self.d_head * (d + rows):  # ((α·ids)·W_E)·W^V is cheaper
+                z = torch.einsum("bhld,hde->bhle", bins @ table, self.W_V)
+            else:  # (α·ids)·(W_E·W^V)
+                z = bins @ self.through(table, self.W_V)[None]
         else:
             # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
             z = torch.einsum("bhld,hde->bhle", pattern @ x[:, None], self.W_V)
@@ -145,6 +159,12 @@ class Block(nn.Module):
         self.ln = nn.ModuleList([nn.LayerNorm(d_model) for _ in range(2)]) if cfg.layer_norm else None
         d_ffn = cfg.d_ffn or 4 * d_model
         self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Linear(d_ffn, d_model)) if cfg.ffn else None
+        if self.ffn is not None:  # nn.Linear's own init, drawn from the run's init generator, not the global RNG
+            with torch.no_grad():
+                for layer in (self.ffn[0], self.ffn[2]):
+                    fan_in = layer.in_features
+                    layer.weight.copy_(init(tuple(layer.weight.shape), "default", fan_in))
+                    layer.bias.copy_(init(tuple(layer.bias.shape), "default", fan_in))
 
     def _add(self, x: torch.Tensor, update: torch.Tensor, norm: int) -> torch.Tensor:
         x = x + update if self.residual else update
@@ -208,7 +228,9 @@ class TopicTransformer(nn.Module):
         Lq is 1 when every position has the same output (uniform attention without a residual).
         """
         table = self.embedding_table()
-        x = F.embedding(ids, table)  # (B, L, d_model)
+        first = self.blocks[0]
+        reads_inputs = first.residual or not first.attn.histogram(table, ids.shape[1])
+        x = F.embedding(ids, table) if reads_inputs else None  # (B, L, d_model)
         patterns = []
         for k, block in enumerate(self.blocks):
             last = k == len(self.blocks) - 1

@@ -93,7 +93,7 @@ def word_pair_classes(z: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def class_means(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
     m = matrix.detach().double().cpu()
-    return {f"{prefix}_{name}": float(m[mask].mean()) for name, mask in classes.items() if mask.any()}
+    return {f"{prefix}_{name}": float(m[mask.cpu()].mean()) for name, mask in classes.items() if mask.any()}
 
 
 def population_value_optimum(data: DataConfig, word_share: float) -> torch.Tensor | None:

@@ -3,6 +3,7 @@ training → run directory, with the theory's S* and reference losses beside the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,12 +23,18 @@ from toyformer.train.topic import resolve_device
 EPS_LOG = 1e-12  # the tiny ε in log y of the nll (spec §3)
 
 
-def prediction_loss(y: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean loss of predicted distributions y (B, T, d) on labels (B, T): nll = −log y[x] (the paper), code-ce =
-    cross-entropy with y taken as logits (the official code's double softmax)."""
+def target_losses(y: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss of each target, (B, T), for predicted distributions y (B, T, d) and labels (B, T): nll = −log y[x] (the
+    paper), code-ce = cross-entropy with y taken as logits (the official code's double softmax)."""
     if kind == "nll":
-        return -(y.gather(-1, labels[..., None]) + EPS_LOG).log().mean()
-    return F.cross_entropy(y.reshape(-1, y.shape[-1]), labels.reshape(-1))
+        return -(y.gather(-1, labels[..., None]) + EPS_LOG).log().squeeze(-1)
+    flat = F.cross_entropy(y.reshape(-1, y.shape[-1]), labels.reshape(-1), reduction="none")
+    return flat.view(labels.shape)
+
+
+def prediction_loss(y: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The mean of ``target_losses``."""
+    return target_losses(y, labels, kind).mean()
 
 
 class StagedOptimizer:
@@ -95,14 +102,16 @@ class ChainData:
         )
 
     def batch(self, step: int) -> Plan:
-        if self.full:
-            return self.train_plan
+        return self.train_plan if self.full else self._plan(self.tokens(step))
+
+    def tokens(self, step: int) -> torch.Tensor:
+        """The chains of step ``step`` when they change every step (mini-batch or stream)."""
         gen = generator(self.cfg.seed, "batch", step, self.device)
         size = self.cfg.data.batch_size
         if self.cfg.data.split == "stream":
-            return self._plan(self._sample(size, gen).tokens)
+            return self._sample(size, gen).tokens
         rows = torch.randint(len(self.train.tokens), (size,), generator=gen, device=self.device)
-        return self._plan(self.train.tokens[rows])
+        return self.train.tokens[rows]
 
 
 class InductionExperiment:
@@ -183,8 +192,20 @@ def _group(name: str) -> str:
     return GIHTransformer.GROUP_OF[name]
 
 
+_THEORY: dict[str, dict] = {}  # the prediction does not depend on the run seed: the members of a group share it
+
+
 def theory(cfg: InductionConfig) -> dict:
     """The predicted S* for the run's setting (spec §5): by Ĩ under nll, by its code-ce variant under code-ce."""
+    key = json.dumps(
+        [cfg.data.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.train.loss, cfg.theory.kernels]
+    )
+    if key not in _THEORY:
+        _THEORY[key] = _theory(cfg)
+    return dict(_THEORY[key])
+
+
+def _theory(cfg: InductionConfig) -> dict:
     m, d = cfg.model, cfg.data
     loss = "nll" if cfg.train.loss == "nll" else "code-ce"
     pred = predict_subset(

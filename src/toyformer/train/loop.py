@@ -39,6 +39,8 @@ class Loop:
     checkpoint_steps: list[int]
     run: Run
     on_step: Callable[[int, dict | None], None] = lambda step, record: None
+    grad_clip: float | None = None
+    stop_loss: float | None = None
     running: list[float] = field(default_factory=lambda: [0.0, 0.0])  # train-loss sum and count since last probe
 
     def state(self, step: int) -> dict:
@@ -58,7 +60,8 @@ class Loop:
         self.run.truncate_metrics(state["step"])
         return state["step"]
 
-    def __call__(self, start: int = 0) -> None:
+    def __call__(self, start: int = 0) -> int | None:
+        """Train from ``start``; returns the step it stopped at early (``stop_loss`` reached), else None."""
         probe_at, checkpoint_at = set(self.probe_steps), set(self.checkpoint_steps)
         if start == 0:
             self.run.save_checkpoint(0, self.state(0))
@@ -80,12 +83,18 @@ class Loop:
                 self.run.append_metrics(record)
                 loss_sum.zero_()
                 self.running[1] = 0
+                if self.stop_loss is not None and mean_loss <= self.stop_loss:
+                    self.on_step(step, record)
+                    return step
             if step < self.steps:
+                if self.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 self.optimizer.step()
                 if step + 1 in checkpoint_at:
                     self.running[0] = float(loss_sum)
                     self.run.save_checkpoint(step + 1, self.state(step + 1))
             self.on_step(step, record)
+        return None
 
 
 class Experiment(Protocol):
@@ -124,6 +133,8 @@ def train(
         checkpoint_steps=checkpoint_steps,
         run=run,
         on_step=on_step or (lambda step, record: None),
+        grad_clip=experiment.cfg.train.grad_clip,
+        stop_loss=experiment.cfg.train.stop_loss,
     )
     start = 0
     if resume is not None:
@@ -131,8 +142,10 @@ def train(
         if state is None:
             raise ConfigError(f"{run.path}: no checkpoint to resume from; start the run again")
         start = loop.restore(state)
-    loop(start)
+    stopped = loop(start)
     summary = experiment.summary(run)
+    if stopped is not None:
+        summary["stopped_at_step"] = stopped
     if figures:
         experiment.write_figures(run)
     run.write_summary(summary)

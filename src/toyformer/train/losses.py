@@ -22,6 +22,14 @@ def mlm_loss(logits: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:
         mass = batch.soft.sum(-1)
         sq = (logits * logits).sum(-1)
         return (mass * (sq + 1) - 2 * (logits * batch.soft).sum(-1)).sum() / (total * vocab)
+    if logits.shape[1] == 1 < batch.labels.shape[1]:  # one output per document: weigh it by its label counts
+        counts = logits.new_zeros(len(logits), vocab).scatter_add_(1, batch.labels, batch.weight)  # (B, V)
+        out = logits[:, 0]
+        if kind == "ce":
+            total = -(counts * F.log_softmax(out, dim=-1)).sum()
+        else:
+            total = (counts.sum(1) * ((out * out).sum(-1) + 1) - 2 * (counts * out).sum(1)).sum() / vocab
+        return total / batch.weight.sum()
     labels = batch.labels[..., None]
     shape = (*batch.labels.shape, vocab)
     if kind == "ce":
@@ -44,11 +52,12 @@ def target_positions(weight: torch.Tensor) -> torch.Tensor:
     return torch.argsort((weight <= 0).to(torch.uint8), dim=1, stable=True)[:, :count]
 
 
-def model_loss(model: torch.nn.Module, batch: Batch, kind: str) -> torch.Tensor:
-    """The model's MLM loss on a batch; logits are computed only where the loss reads them."""
+def model_loss(model, batch: Batch, kind: str, index: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's MLM loss on a batch; logits are computed only where the loss reads them (``index``, default
+    ``target_positions(batch.weight)``; any superset of the weighted positions gives the same loss)."""
     if batch.soft is not None or model.position_independent:
         return mlm_loss(model(batch.ids, batch.key_bias)[0], batch, kind)
-    index = target_positions(batch.weight)
+    index = target_positions(batch.weight) if index is None else index
     logits, _ = model(batch.ids, batch.key_bias, index)
     targets = Batch(batch.ids, batch.key_bias, batch.labels.gather(1, index), batch.weight.gather(1, index))
     return mlm_loss(logits, targets, kind)

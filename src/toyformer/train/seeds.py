@@ -1,9 +1,12 @@
 """Several seeds of one recipe: one member run per seed under a group directory, claims and metrics aggregated.
 
-The group's summary.json reports each claim as the share of seeds for which it held (it holds for the group when
-the share reaches the claim's ``min_share``), each numeric final metric as mean, standard deviation, range and a 95%
-interval of the mean, and each text one (the selected subset) as counts per value. A group is complete exactly when
-its summary.json exists; resuming runs what is missing.
+By default the members train together in one process as a stacked ensemble (``toyformer.train.ensemble``);
+``sequential`` runs them one after another instead (any task, one process each in turn). The group's summary.json
+reports each claim as the share of seeds for which it held (it holds for the group when the share reaches the
+claim's ``min_share``), each numeric final metric as mean, standard deviation, range and a 95% interval of the mean
+(over the members that did not diverge), and each text one (the selected subset) as counts per value; figures/
+draws every claim's metrics over training as the members' mean with a 95% band. A group is complete exactly when
+its summary.json exists; resuming continues what is missing.
 """
 
 from __future__ import annotations
@@ -13,11 +16,34 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from toyformer.config import ExperimentConfig, validate
+from toyformer.config import ConfigError, ExperimentConfig, validate
 from toyformer.runs import Run, atomic_write, default_dir
 
 
-def _member(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+def build_experiment(cfg):
+    """The experiment object of a config's task, fully built (so every error comes before a directory exists)."""
+    if cfg.task == "induction":
+        from toyformer.train.induction import build
+
+        return build(cfg)
+    from toyformer.train.topic import TopicExperiment
+
+    return TopicExperiment(cfg)
+
+
+def build_optimizer(cfg) -> Callable:
+    """The optimizer a task's solo run uses, as a function of the module it will move (the stacked one here)."""
+    if cfg.task == "induction":
+        from toyformer.train.induction import StagedOptimizer
+
+        return lambda module: StagedOptimizer(module, cfg.train.stages)
+    from toyformer.train.topic import build_optimizer
+
+    return lambda module: build_optimizer(cfg, module)
+
+
+def member_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """The config of one member of a group: the group's, at its own seed."""
     raw = cfg.model_dump(mode="json", exclude_none=True)
     raw.pop("seeds", None)
     return validate(raw | {"seed": seed})
@@ -25,9 +51,11 @@ def _member(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
 
 def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
     final: dict[str, dict] = {}
-    keys = [k for k in summaries[0]["final"] if all(isinstance(s["final"].get(k), int | float) for s in summaries)]
+    diverged = [s["seed"] for s in summaries if "diverged_at_step" in s]
+    kept = [s for s in summaries if "diverged_at_step" not in s] or summaries
+    keys = [k for k in kept[0]["final"] if all(isinstance(s["final"].get(k), int | float) for s in kept)]
     for key in keys:
-        xs = [float(s["final"][key]) for s in summaries]
+        xs = [float(s["final"][key]) for s in kept]
         n = len(xs)
         mean = sum(xs) / n
         std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
@@ -53,22 +81,60 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
     return {
         "name": cfg.name,
         "seeds": [s["seed"] for s in summaries],
+        "members": len(summaries),
+        "diverged": diverged,
+        "stopped": [s["seed"] for s in summaries if "stopped_at_step" in s],
         "final": final,
         "theory": summaries[0]["theory"],
         "checks": checks,
     }
 
 
-def run_seeds(cfg: ExperimentConfig, seeds: list[int], out: Path | None, train: Callable) -> Path:
-    """Run every seed (``train(cfg, out)`` trains one) and write the group summary; returns the group directory."""
+def run_seeds(
+    cfg: ExperimentConfig,
+    seeds: list[int],
+    out: Path | None,
+    train: Callable,
+    sequential: bool = False,
+    on_step: Callable | None = None,
+    figures: bool = True,
+) -> Path:
+    """Train every seed and write the group summary; returns the group directory. Stacked by default; with
+    ``sequential``, ``train(cfg, out)`` trains one member at a time. ``on_step(step, records)`` follows a stacked run.
+    """
     out = Path(out) if out is not None else default_dir(cfg, "seeds")
-    out.mkdir(parents=True, exist_ok=True)
     raw = cfg.model_dump(mode="json", exclude_none=True) | {"seeds": seeds}
-    atomic_write(out / "group.json", json.dumps({"seeds": seeds, "config": raw}, indent=2))
-    return _finish(out, cfg, seeds, train)
+    group = {"seeds": seeds, "config": raw, "stacked": not sequential}
+    if sequential:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "group.json", json.dumps(group, indent=2))
+        return _finish(out, cfg, seeds, train)
+    from toyformer.train.ensemble import Ensemble, Member
+
+    experiments = [build_experiment(member_config(cfg, seed)) for seed in seeds]  # every error before a directory
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "group.json", json.dumps(group, indent=2))
+    members = [Member(s, x, Run.create(x.cfg, out / f"seed-{s}")) for s, x in zip(seeds, experiments, strict=True)]
+    ensemble = Ensemble(members, out, build_optimizer(cfg))
+    ensemble.train(0, on_step)
+    return _finish_stacked(out, cfg, ensemble, figures)
+
+
+def _finish_stacked(out: Path, cfg: ExperimentConfig, ensemble, figures: bool) -> Path:
+    from toyformer.report.ensemble import write_group_figures
+
+    summaries = ensemble.finish()
+    if figures:
+        write_group_figures(out, cfg, [m.run for m in ensemble.members])
+    atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
+    return out
 
 
 def _finish(out: Path, cfg: ExperimentConfig, seeds: list[int], train: Callable) -> Path:
+    from toyformer.report.ensemble import write_group_figures
+
     summaries = []
     for seed in seeds:
         path = out / f"seed-{seed}"
@@ -76,13 +142,25 @@ def _finish(out: Path, cfg: ExperimentConfig, seeds: list[int], train: Callable)
             if (path / "config.toml").is_file():
                 train(Run.open(path).config(), None, resume=Run.open(path))
             else:
-                train(_member(cfg, seed), path)
+                train(member_config(cfg, seed), path)
         summaries.append(Run(path).summary())
+    write_group_figures(out, cfg, [Run(out / f"seed-{seed}") for seed in seeds])
     atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
     return out
 
 
-def resume_seeds(out: Path, train: Callable) -> Path:
+def resume_seeds(out: Path, train: Callable, on_step: Callable | None = None) -> Path:
     group = json.loads((out / "group.json").read_text())
     cfg = validate(group["config"])
-    return _finish(out, cfg, group["seeds"], train)
+    if not group.get("stacked"):
+        return _finish(out, cfg, group["seeds"], train)
+    from toyformer.train.ensemble import STATE, Ensemble, Member
+
+    members = []
+    for seed in group["seeds"]:
+        run = Run.open(out / f"seed-{seed}")
+        members.append(Member(seed, build_experiment(run.config()), run))
+    ensemble = Ensemble(members, out, build_optimizer(cfg))
+    start = ensemble.restore() if (out / STATE).is_file() else 0
+    ensemble.train(start, on_step)
+    return _finish_stacked(out, cfg, ensemble, figures=True)

@@ -1,0 +1,257 @@
+"""Speed and memory of the training path (``toyformer bench``): generator throughput, one-model steps/s in the S2 and
+E5 settings, seed-ensemble scaling, probe overhead and peak memory, as one JSON object. On a GPU it also measures
+the card's matrix-multiply peak and copy bandwidth and reports the largest ensemble's achieved FLOP/s and memory
+traffic against them.
+
+Every rate is timed in this process on this device: warm-up calls first, then whole calls until a minimum time has
+passed, with the device synchronised at both ends. A training step is exactly what ``toyformer run`` does between
+probes (batch, loss, backward, optimizer step), on experiments built from the recipes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from toyformer.config import load
+from toyformer.random import generator
+
+MEMBERS = (1, 4, 16, 64, 256)
+QUICK_MEMBERS = (1, 4, 16)
+NGRAM = {"d": 3, "parents": (1, 2), "alpha": 0.1, "length": 100}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(fn: Callable[[int], object], device: torch.device, seconds: float, warmup: int = 2) -> float:
+    """Calls of ``fn(i)`` per second (i counts calls, so a step function sees fresh steps)."""
+    for i in range(warmup):
+        fn(i)
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn(warmup + calls)
+        calls += 1
+        if calls % 4 == 0 or device.type != "cuda":
+            sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return calls / elapsed
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "device": device.type,
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": dt.date.today().isoformat(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def write(results: dict, path: Path | None) -> str:
+    """The JSON text of ``results`` (also written to ``path``)."""
+    text = json.dumps(results, indent=2)
+    if path is not None:
+        Path(path).write_text(text + "\n")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What is timed
+
+
+def ngram_tokens_per_s(device: torch.device, chains: int, seconds: float) -> float:
+    from toyformer.data.ngram import sample_batch
+
+    def call(i: int) -> None:
+        gen = generator(i, "bench-ngram", device=device)
+        sample_batch(chains, NGRAM["d"], NGRAM["parents"], NGRAM["alpha"], NGRAM["length"], gen, device=device)
+
+    return rate(call, device, seconds) * chains * (NGRAM["length"] + 1)
+
+
+def lda_tokens_per_s(device: torch.device, docs: int, seconds: float) -> float:
+    from toyformer.data.lda import sample_documents, topic_word_matrix
+
+    cfg = load("topic/s2").data
+    phi = topic_word_matrix(cfg).to(device)
+    words = []
+
+    def call(i: int) -> None:
+        out = sample_documents(cfg, docs, generator(i, "bench-lda", device=device), device, phi)
+        words.append(out.lengths.sum())
+
+    per_s = rate(call, device, seconds)
+    return per_s * float(torch.stack(words).float().mean())  # words drawn per second
+
+
+def experiments(setting: str, members: int, device: torch.device) -> list:
+    from toyformer.train.seeds import build_experiment, member_config
+
+    recipe, overrides = SETTINGS[setting]
+    cfg = load(recipe, overrides + [f"device={device.type}"])
+    return [build_experiment(member_config(cfg, seed)) for seed in range(members)]
+
+
+SETTINGS = {  # the finite-N theory of topic runs is not timed: 10 simulated documents instead of 20,000
+    "s2": ("topic/s2", ["theory.samples=10"]),
+    "e5": ("induction/e5", []),
+}
+
+
+def solo_steps_per_s(setting: str, device: torch.device, seconds: float) -> tuple[float, float]:
+    """Steps/s of one model as a solo run trains it, and the seconds one probe (all of the run's probes) takes."""
+    (x,) = experiments(setting, 1, device)
+
+    def step(i: int) -> None:
+        loss = x.loss(x.model, x.batch(i))
+        x.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        x.optimizer.step()
+
+    steps = rate(step, device, seconds)
+    probe = 1.0 / rate(lambda i: x.probe(i, 0.0), device, seconds / 2, warmup=1)
+    return steps, probe
+
+
+def ensemble(setting: str, members: int, device: torch.device, seconds: float):
+    """The stacked ensemble of ``members`` seeds and its step function (gradients, then update)."""
+    from toyformer.train.ensemble import Ensemble, Member
+    from toyformer.train.seeds import build_optimizer
+
+    xs = experiments(setting, members, device)
+    ens = Ensemble([Member(seed, x, None) for seed, x in enumerate(xs)], Path("."), build_optimizer(xs[0].cfg))
+
+    def step(i: int) -> None:
+        ens.update(ens.gradients(i))
+
+    return ens, step
+
+
+class TrafficMode(TorchDispatchMode):
+    """Bytes every ATen op reads and writes (its tensor arguments and results; a gather reads only as much of its
+    source as it writes): the traffic of a step if nothing stayed in cache, an estimate of what memory must move."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        written = sum(_nbytes(t) for t in torch.utils._pytree.tree_leaves(out))
+        read = [_nbytes(t) for t in torch.utils._pytree.tree_leaves((args, kwargs))]
+        if func.__name__.split(".")[0] in GATHERS:
+            read = [min(r, written) for r in read]
+        self.bytes += written + sum(read)
+        return out
+
+
+GATHERS = {"index_select", "gather", "embedding", "take", "index"}
+
+
+def _nbytes(t) -> int:
+    """A tensor's bytes, an expanded view counted once (its storage), not once per broadcast copy."""
+    if not isinstance(t, torch.Tensor):
+        return 0
+    return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+
+
+def step_work(step: Callable[[int], None]) -> tuple[float, float]:
+    """FLOPs (matrix products, as counted by torch's FlopCounterMode) and bytes (TrafficMode) of one step."""
+    with FlopCounterMode(display=False) as flops:
+        step(10_000)
+    with TrafficMode() as traffic:
+        step(10_001)
+    return float(flops.get_total_flops()), float(traffic.bytes)
+
+
+def card_peaks(device: torch.device) -> dict:
+    """The card's measured float32 matrix-multiply rate (TF32 off and on) and device-to-device copy bandwidth."""
+    n = 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = {}
+    for tf32 in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        per_s = rate(lambda i: a @ b, device, 1.0)
+        out["matmul_tf32_flop_per_s" if tf32 else "matmul_fp32_flop_per_s"] = per_s * 2 * n**3
+    torch.backends.cuda.matmul.allow_tf32 = False
+    src = torch.empty(1 << 28, device=device)  # 1 GiB
+    dst = torch.empty_like(src)
+    out["copy_bytes_per_s"] = rate(lambda i: dst.copy_(src), device, 1.0) * 2 * src.numel() * 4
+    return out
+
+
+def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None] = lambda msg: None) -> dict:
+    dev = torch.device(device)
+    seconds = 0.5 if quick else 2.0
+    results = machine(dev)
+    progress("generators")
+    results["ngram_tokens_per_s"] = ngram_tokens_per_s(dev, 20_000 if quick else 100_000, seconds)
+    results["lda_tokens_per_s"] = lda_tokens_per_s(dev, 5_000 if quick else 20_000, seconds)
+    probes = {}
+    for setting in SETTINGS:
+        progress(f"{setting}: one model")
+        steps, probe = solo_steps_per_s(setting, dev, seconds)
+        results[f"{setting}_steps_per_s"] = steps
+        probes[setting] = {"probe_s": probe, "step_s": 1.0 / steps, "probe_in_steps": probe * steps}
+    results["probe_overhead"] = probes
+    sizes = QUICK_MEMBERS if quick else MEMBERS
+    if dev.type == "cpu":  # 64+ E5 members hold 64+ copies of 10,000 chains: more than a CPU run needs to show
+        sizes_of = {"s2": sizes, "e5": tuple(m for m in sizes if m <= 16)}
+    else:
+        sizes_of = {"s2": sizes, "e5": sizes}
+    results["ensemble"], detail = {}, {}
+    for setting, sizes in sizes_of.items():
+        results["ensemble"][setting] = {}
+        for members in sizes:
+            progress(f"{setting}: ensemble of {members}")
+            ens, step = ensemble(setting, members, dev, seconds)
+            steps = rate(step, dev, seconds)
+            results["ensemble"][setting][str(members)] = steps * members
+            detail.setdefault(setting, {})[str(members)] = {"steps_per_s": steps, "member_steps_per_s": steps * members}
+            if members == max(sizes) and dev.type == "cuda":
+                flops, traffic = step_work(step)
+                detail[setting][str(members)] |= {
+                    "flop_per_step": flops,
+                    "bytes_per_step": traffic,
+                    "achieved_flop_per_s": flops * steps,
+                    "achieved_bytes_per_s": traffic * steps,
+                }
+            del ens, step
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    results["ensemble_detail"] = detail
+    for setting in sizes_of:
+        solo = results[f"{setting}_steps_per_s"]
+        results[f"{setting}_ensemble_speedup"] = {m: v / solo for m, v in results["ensemble"][setting].items()}
+    if dev.type == "cuda":
+        progress("card peaks")
+        peaks = card_peaks(dev)
+        results["card"] = peaks
+        for setting, sizes in sizes_of.items():
+            d = detail[setting][str(max(sizes))]
+            d["share_of_matmul_fp32_peak"] = d["achieved_flop_per_s"] / peaks["matmul_fp32_flop_per_s"]
+            d["share_of_copy_bandwidth"] = d["achieved_bytes_per_s"] / peaks["copy_bytes_per_s"]
+        results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    results["peak_memory_mb"] = peak_memory_mb()
+    return results
