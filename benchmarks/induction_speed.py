@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 
 import torch
+
+from toyformer.bench import machine, write
 
 OFFICIAL_STEPS_PER_S = 1.1
 
@@ -106,11 +107,9 @@ def main() -> None:
     ref = _child("reference", args.reference_steps, args.threads)
     eager = _child("eager", max(args.reference_steps, 10), args.threads)
     ours = _child("toyformer", args.steps, args.threads)
-    out = {
+    out = machine(torch.device("cpu")) | {
         "setting": "induction/e5: simplified TF(3,3,3,2), SGD lr 1, full batch 9,000 × L 100, code-ce",
         "threads": args.threads,
-        "machine": platform.machine(),
-        "torch": torch.__version__,
         "reference_steps_per_s": ref["steps_per_s"],
         "eager_steps_per_s": eager["steps_per_s"],
         "e5_steps_per_s": ours["steps_per_s"],
@@ -122,11 +121,7 @@ def main() -> None:
         "eager_peak_memory_mb": eager["peak_mb"],
         "peak_memory_mb": ours["peak_mb"],
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    print(write(out, args.json))
 
 
 if __name__ == "__main__":

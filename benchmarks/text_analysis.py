@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+from toyformer.bench import machine, write
 
 
 def bert(folder: Path, layers: int, heads: int, width: int) -> Path:
@@ -58,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="toyformer-bench-"))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOYFORMER_CACHE=str(work / "cache"))
-    results: dict = {"machine": platform.machine(), "threads": args.threads}
+    results: dict = machine(torch.device("cpu")) | {"threads": args.threads}
 
     model = args.model or bert(work / "bert-6x12x384", 6, 12, 384)
     # topics fitted once beforehand: the speed case measures the analysis itself
@@ -80,10 +83,7 @@ def main() -> None:
         results["scale"][f"{repeat}x"] = measured([str(small), "--docs", docs, *sets], env, work / f"scale{repeat}")
     one, ten = results["scale"]["1x"], results["scale"]["10x"]
     results["scale"]["memory_ratio_10x_over_1x"] = round(ten["peak_memory_mb"] / one["peak_memory_mb"], 3)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    print(write(results, args.json))
 
 
 if __name__ == "__main__":

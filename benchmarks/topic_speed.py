@@ -14,14 +14,12 @@ Writes JSON with steps/s of each, the ratio, and peak resident memory. Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
 import time
 
 import torch
 from torch import nn
 
+from toyformer.bench import machine, peak_memory_mb, write
 from toyformer.config import load
 from toyformer.data.lda import corrupt, sample_documents
 from toyformer.random import generator
@@ -92,23 +90,16 @@ def main() -> None:
     ref = reference_steps_per_s(max(args.steps // 10, 50))
     ours = toyformer_steps_per_s(args.steps)
     ours_stream = toyformer_steps_per_s(args.steps, overrides=["data.split=stream"])
-    out = {
+    out = machine(torch.device("cpu")) | {
         "setting": "topic/s2: regime B, CE, Adam, batch 40, 10,000 fixed documents",
-        "threads": args.threads,
-        "machine": platform.machine(),
-        "torch": torch.__version__,
         "reference_steps_per_s": ref,
         "s2_steps_per_s": ours,
         "s2_stream_steps_per_s": ours_stream,
         "speedup_vs_reference": ours / ref,
         "speedup_vs_official_30_steps_per_s": ours / 30.0,
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_memory_mb": peak_memory_mb(),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    print(write(out, args.json))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from toyformer.claims import lookup, parse_terms  # noqa: E402
 from toyformer.runs import Run  # noqa: E402
 
 LOSSES = ("loss_train", "loss_dev", "loss_val")
+STAGES = ("dist_embedding", "dist_value", "dist_key", "dist_query")  # the stage curves of topic runs
 
 
 def curves(runs: list[Run], names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -70,7 +71,7 @@ def claim_metrics(cfg) -> list[tuple[str, list[str]]]:
 
 
 def write_group_figures(out: Path, cfg, runs: list[Run]) -> list[str]:
-    panels = claim_metrics(cfg) + [("losses", list(LOSSES))]
+    panels = claim_metrics(cfg) + [("distance from initialisation", list(STAGES)), ("losses", list(LOSSES))]
     steps, data = curves(runs, sorted({n for _, names in panels for n in names}))
     panels = [(title, [n for n in names if n in data]) for title, names in panels]
     panels = [p for p in panels if p[1]]

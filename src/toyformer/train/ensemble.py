@@ -31,6 +31,7 @@ from toyformer.runs import Run, atomic_save, atomic_write
 from toyformer.train.losses import l2_penalty, model_loss, target_positions
 
 STATE = "ensemble.pt"  # the group's resumable state: stacked parameters, optimizer, guards, running losses
+CHUNK = 16  # steps of documents gathered at once on the fixed-document path
 
 
 def stack_modules(models: list[nn.Module]) -> nn.Module:
@@ -98,7 +99,8 @@ class TopicStep:
             self.stacked = Batch(*(None if f[0] is None else torch.stack(f) for f in fields))
             for e, s in enumerate(self.streams):  # members keep views, not copies
                 s.train = Batch(*(None if t is None else t[e] for t in (getattr(self.stacked, f) for f in _FIELDS)))
-            self.order: tuple[int, torch.Tensor | None] = (-1, None)
+            self.order: tuple[int, torch.Tensor | None] = (-1, None)  # the epoch's visiting orders, (E, N)
+            self.chunk: tuple[int, list] = (-1, [])  # the documents of the current CHUNK steps
 
     def batch(self, step: int) -> Batch:
         if self.stacked is None:
@@ -112,8 +114,15 @@ class TopicStep:
                 torch.randperm(len(s.train), generator=s._gen("order", epoch), device=s.device) for s in self.streams
             ]
             self.order = (epoch, torch.stack(orders))
-        rows = self.order[1][:, k * b : (k + 1) * b]  # (E, B)
-        return Batch(*(None if t is None else _rows(t, rows) for t in (getattr(self.stacked, f) for f in _FIELDS)))
+            self.chunk = (-1, [])
+        chunk, j = divmod(k, CHUNK)
+        if self.chunk[0] != chunk:  # the next CHUNK steps' documents in one gather; a step's batch is then a slice
+            rows = self.order[1][:, chunk * CHUNK * b : (chunk + 1) * CHUNK * b]
+            self.chunk = (
+                chunk,
+                [None if t is None else _rows(t, rows) for t in (getattr(self.stacked, f) for f in _FIELDS)],
+            )
+        return Batch(*(None if t is None else t[:, j * b : (j + 1) * b] for t in self.chunk[1]))
 
     def losses(self, stacked: nn.Module, batch: Batch) -> torch.Tensor:
         state = dict(stacked.named_parameters()) | dict(stacked.named_buffers())
