@@ -144,12 +144,12 @@ def paired_speedup(setting: str, members: int, device: torch.device, seconds: fl
     """Member-steps/s of an ensemble over steps/s of one model, timed in alternation (one model, then the ensemble,
     ``rounds`` times) so that a shared machine's changing load hits both alike; the median ratio."""
     _, one = solo(setting, device)
-    _, many = ensemble(setting, members, device, seconds)
+    _, many = ensemble(setting, members, device)
     ratios = [members * rate(many, device, seconds) / rate(one, device, seconds) for _ in range(rounds)]
     return {"members": members, "ratios": ratios, "median": sorted(ratios)[rounds // 2]}
 
 
-def ensemble(setting: str, members: int, device: torch.device, seconds: float):
+def ensemble(setting: str, members: int, device: torch.device):
     """The stacked ensemble of ``members`` seeds and its step function (gradients, then update)."""
     from toyformer.train.ensemble import Ensemble, Member
     from toyformer.train.seeds import build_optimizer
@@ -240,7 +240,7 @@ def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None
         results["ensemble"][setting] = {}
         for members in sizes:
             progress(f"{setting}: ensemble of {members}")
-            ens, step = ensemble(setting, members, dev, seconds)
+            ens, step = ensemble(setting, members, dev)
             steps = rate(step, dev, seconds)
             results["ensemble"][setting][str(members)] = steps * members
             detail.setdefault(setting, {})[str(members)] = {"steps_per_s": steps, "member_steps_per_s": steps * members}
