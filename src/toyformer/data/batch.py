@@ -28,8 +28,18 @@ class Batch:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
-    def slice(self, start: int, stop: int) -> Batch:
-        def cut(t):
-            return None if t is None else t[start:stop]
+    def map(self, fn) -> Batch:
+        """The batch with ``fn`` applied to each field it has."""
+        return Batch(*(None if t is None else fn(t) for t in self.fields()))
 
-        return Batch(cut(self.ids), cut(self.key_bias), cut(self.labels), cut(self.weight), cut(self.soft))
+    def fields(self) -> tuple:
+        return self.ids, self.key_bias, self.labels, self.weight, self.soft
+
+    def slice(self, start: int, stop: int) -> Batch:
+        return self.map(lambda t: t[start:stop])
+
+    @staticmethod
+    def stack(batches: list[Batch]) -> Batch:
+        """Batches of equal shapes stacked along a new leading axis (an ensemble's members)."""
+        fields = zip(*(b.fields() for b in batches), strict=True)
+        return Batch(*(None if f[0] is None else torch.stack(f) for f in fields))

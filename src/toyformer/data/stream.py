@@ -59,23 +59,22 @@ class TopicStream:
                 return population_batch(theta, data, masking, self.phi)
             ids = sample_documents(data, b, self._gen("docs", step), self.device, self.phi).ids
             return corrupt(ids, masking, self.n_ids, self._gen("mask", step))
-        per_epoch = len(self.train) // b
-        epoch, k = divmod(step, per_epoch)
+        epoch, k = divmod(step, self.steps_per_epoch)
         if self._order[0] != epoch:
-            self._order = (
-                epoch,
-                torch.randperm(len(self.train), generator=self._gen("order", epoch), device=self.device),
-            )
-        order = self._order[1]
-        rows = order[k * b : (k + 1) * b]
-        picked = Batch(
-            self.train.ids[rows],
-            self.train.key_bias[rows],
-            *(None if t is None else t[rows] for t in (self.train.labels, self.train.weight, self.train.soft)),
-        )
+            self._order = (epoch, self.epoch_order(epoch))
+        rows = self._order[1][k * b : (k + 1) * b]
+        picked = self.train.map(lambda t: t[rows])
         if masking.static or data.population:
             return picked
         return corrupt(picked.labels, masking, self.n_ids, self._gen("mask", step))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train) // self.batch_size
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The order in which epoch ``epoch`` visits the fixed training documents."""
+        return torch.randperm(len(self.train), generator=self._gen("order", epoch), device=self.device)
 
     def probe_documents(self) -> Documents:
         """Uncorrupted dev documents for the attention statistics and attention maps."""

@@ -27,7 +27,9 @@ from torch.func import functional_call, vmap
 
 from toyformer.config import ConfigError
 from toyformer.data.batch import Batch
+from toyformer.models.gih import make_plan
 from toyformer.runs import Run, atomic_save, atomic_write
+from toyformer.train.induction import target_losses
 from toyformer.train.losses import l2_penalty, model_loss, target_positions
 
 STATE = "ensemble.pt"  # the group's resumable state: stacked parameters, optimizer, guards, running losses
@@ -95,41 +97,32 @@ class TopicStep:
         self.stacked = None
         if all(s.train is not None for s in self.streams) and static:
             # Fixed documents with masks drawn once: stack them and pick every member's rows in one gather.
-            fields = [[getattr(s.train, f) for s in self.streams] for f in _FIELDS]
-            self.stacked = Batch(*(None if f[0] is None else torch.stack(f) for f in fields))
+            self.stacked = Batch.stack([s.train for s in self.streams])
             for e, s in enumerate(self.streams):  # members keep views, not copies
-                s.train = Batch(*(None if t is None else t[e] for t in (getattr(self.stacked, f) for f in _FIELDS)))
+                s.train = self.stacked.map(lambda t, e=e: t[e])
             self.order: tuple[int, torch.Tensor | None] = (-1, None)  # the epoch's visiting orders, (E, N)
-            self.chunk: tuple[int, list] = (-1, [])  # the documents of the current CHUNK steps
+            self.chunk: tuple[int, Batch | None] = (-1, None)  # the documents of the current CHUNK steps
 
     def batch(self, step: int) -> Batch:
         if self.stacked is None:
-            batches = [s.batch(step) for s in self.streams]
-            return Batch(*(_stack([getattr(b, f) for b in batches]) for f in _FIELDS))
-        first, b = self.streams[0], self.streams[0].batch_size
-        per_epoch = len(first.train) // b
-        epoch, k = divmod(step, per_epoch)
+            return Batch.stack([s.batch(step) for s in self.streams])
+        b = self.streams[0].batch_size
+        epoch, k = divmod(step, self.streams[0].steps_per_epoch)
         if self.order[0] != epoch:  # each member's own seeded order, as its solo stream draws it
-            orders = [
-                torch.randperm(len(s.train), generator=s._gen("order", epoch), device=s.device) for s in self.streams
-            ]
-            self.order = (epoch, torch.stack(orders))
-            self.chunk = (-1, [])
+            self.order = (epoch, torch.stack([s.epoch_order(epoch) for s in self.streams]))
+            self.chunk = (-1, None)
         chunk, j = divmod(k, CHUNK)
         if self.chunk[0] != chunk:  # the next CHUNK steps' documents in one gather; a step's batch is then a slice
             rows = self.order[1][:, chunk * CHUNK * b : (chunk + 1) * CHUNK * b]
-            self.chunk = (
-                chunk,
-                [None if t is None else _rows(t, rows) for t in (getattr(self.stacked, f) for f in _FIELDS)],
-            )
-        return Batch(*(None if t is None else t[:, j * b : (j + 1) * b] for t in self.chunk[1]))
+            self.chunk = (chunk, self.stacked.map(lambda t: _rows(t, rows)))
+        return self.chunk[1].map(lambda t: t[:, j * b : (j + 1) * b])
 
     def losses(self, stacked: nn.Module, batch: Batch) -> torch.Tensor:
         state = dict(stacked.named_parameters()) | dict(stacked.named_buffers())
         index = None
         if batch.soft is None and not self.template.position_independent:  # one set of positions for all members
             index = target_positions(batch.weight.flatten(0, 1)).view(*batch.weight.shape[:2], -1)
-        fields = tuple(getattr(batch, f) for f in _FIELDS)
+        fields = batch.fields()
 
         def one(state, fields, index):
             member = Batch(*fields)
@@ -138,13 +131,6 @@ class TopicStep:
 
         dims = tuple(None if f is None else 0 for f in fields)
         return vmap(one, in_dims=(0, dims, None if index is None else 0))(state, fields, index)
-
-
-_FIELDS = ("ids", "key_bias", "labels", "weight", "soft")
-
-
-def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if tensors[0] is None else torch.stack(tensors)
 
 
 def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -158,12 +144,9 @@ class InductionStep:
     kernel by vmap, then the classifier over all members' groups with each group's own a."""
 
     def __init__(self, experiments: list):
-        from toyformer.models.gih import make_plan
-
         self.template = experiments[0].model
         self.cfg = experiments[0].cfg
         self.datas = [x.data for x in experiments]
-        self.make_plan = make_plan
         self.pair_kernel = _Method(self.template, "pair_kernel")
         self.fixed = None
         if all(data.full for data in self.datas):
@@ -171,7 +154,7 @@ class InductionStep:
 
     def _plan(self, tokens: torch.Tensor):
         d, model = self.cfg.data, self.template
-        plan = self.make_plan(tokens, model.band, d.d, d.targets, self.cfg.model.fast)
+        plan = make_plan(tokens, model.band, d.d, d.targets, self.cfg.model.fast)
         if plan.groups is None:
             raise ConfigError(
                 "a stacked ensemble of induction models needs the grouped fast path (data.targets = 'last', "
@@ -204,8 +187,6 @@ class InductionStep:
         return self._plan(torch.cat([data.tokens(step) for data in self.datas]))
 
     def losses(self, stacked: nn.Module, batch) -> torch.Tensor:
-        from toyformer.train.induction import target_losses
-
         plan, (head_pair, entry, slots, lengths, member) = batch
         state = {
             f"module.{k}": v for k, v in (dict(stacked.named_parameters()) | dict(stacked.named_buffers())).items()

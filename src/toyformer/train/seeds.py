@@ -123,18 +123,21 @@ def run_seeds(
 
 
 def _finish_stacked(out: Path, cfg: ExperimentConfig, ensemble, figures: bool) -> Path:
+    summaries = ensemble.finish()
+    return _write_group(out, cfg, [m.run for m in ensemble.members], summaries, figures)
+
+
+def _write_group(out: Path, cfg: ExperimentConfig, runs: list[Run], summaries: list[dict], figures: bool) -> Path:
+    """The group's figures (when asked) and its summary.json, written last: it marks the group complete."""
     from toyformer.report.ensemble import write_group_figures
 
-    summaries = ensemble.finish()
     if figures:
-        write_group_figures(out, cfg, [m.run for m in ensemble.members])
+        write_group_figures(out, cfg, runs)
     atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
     return out
 
 
 def _finish(out: Path, cfg: ExperimentConfig, seeds: list[int], train: Callable) -> Path:
-    from toyformer.report.ensemble import write_group_figures
-
     summaries = []
     for seed in seeds:
         path = out / f"seed-{seed}"
@@ -144,9 +147,7 @@ def _finish(out: Path, cfg: ExperimentConfig, seeds: list[int], train: Callable)
             else:
                 train(member_config(cfg, seed), path)
         summaries.append(Run(path).summary())
-    write_group_figures(out, cfg, [Run(out / f"seed-{seed}") for seed in seeds])
-    atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
-    return out
+    return _write_group(out, cfg, [Run(out / f"seed-{seed}") for seed in seeds], summaries, figures=True)
 
 
 def resume_seeds(out: Path, train: Callable, on_step: Callable | None = None) -> Path:
