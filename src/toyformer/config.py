@@ -224,6 +224,13 @@ class Claim(Strict):
     rel: float = Field(0.1, gt=0.0, description="for op='close': |left − right| <= rel·|scale|")
     scale: str | None = Field(None, description="for op='close': the tolerance's scale (default: right)")
     min_share: float = Field(1.0, ge=0.0, le=1.0, description="over several seeds: share of seeds it must hold for")
+    kind: Literal["result", "null", "sanity"] = Field(
+        "result",
+        description="result: a reproduced finding, which must fail on an untrained or wrongly structured model; "
+        "null: a prediction that a structure does not form (it holds at initialisation too, so its recipe pairs it "
+        "with a result showing the model did learn); sanity: a bound meant to hold at initialisation too, "
+        "reported apart and never counted as a result",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Claim:
@@ -231,6 +238,8 @@ class Claim(Strict):
 
         for side in (self.left, self.right, self.scale or "0"):
             parse_terms(side)
+        if self.factor != 1.0 and self.op in ("close", "=="):
+            raise ValueError(f"factor applies to >, >=, < and <=, not to {self.op!r}: write it into the sides")
         return self
 
 

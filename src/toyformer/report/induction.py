@@ -11,7 +11,14 @@ import numpy as np  # noqa: E402
 
 from toyformer.runs import Run  # noqa: E402
 
-REFERENCES = {"uniform": "grey", "unigram": "tab:olive", "bayes": "tab:green", "oracle": "k"}
+# reference losses drawn as lines: the fixed predictors and the theory's GIH at (S*, a*), none of which reads the model
+REFERENCES = {
+    "uniform": "grey",
+    "unigram": "tab:olive",
+    "gih_theory": "tab:purple",
+    "bayes": "tab:green",
+    "oracle": "k",
+}
 
 
 def _steps(records: list[dict]) -> np.ndarray:
@@ -65,7 +72,8 @@ def write_figures(run: Run, experiment) -> list[str]:
     ax.plot(steps, [r["loss_val"] for r in records], label="validation")
     ax.plot(steps, [r["loss_ref_gih"] for r in records], ls="--", label="GIH at the learned S, a")
     for name, color in REFERENCES.items():
-        ax.axhline(experiment.references[f"loss_ref_{name}"], color=color, lw=0.8, ls="-.", label=name)
+        label = "GIH at S*, a* (theory)" if name == "gih_theory" else name
+        ax.axhline(experiment.references[f"loss_ref_{name}"], color=color, lw=0.8, ls="-.", label=label)
     ax.set(xscale="log", xlabel="step + 1", ylabel=experiment.cfg.train.loss, title="loss")
     ax.legend(fontsize=7)
     for ax in axes:

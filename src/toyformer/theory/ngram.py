@@ -201,8 +201,11 @@ def history_codes(tokens: torch.Tensor, offsets: tuple[int, ...], d: int) -> tup
 
 
 def _history_matches(tokens: torch.Tensor, subset: tuple[int, ...], d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) whether X_{l,S} equals the query's X_{L+1,S}, and the (B, L, d) one-hot inputs."""
+    """(B, L) whether X_{l,S} equals the query's X_{L+1,S}, and the (B, L, d) one-hot inputs. The empty history
+    matches everywhere (so the GIH at S = ∅ is the in-context unigram)."""
     length = tokens.shape[1]
+    if not subset:
+        return torch.ones_like(tokens, dtype=torch.bool), torch.nn.functional.one_hot(tokens, d).double()
     code, valid = history_codes(torch.nn.functional.pad(tokens, (0, 1)), subset, d)
     match = (code[:, :length] == code[:, length:]) & valid[:, :length]
     return match, torch.nn.functional.one_hot(tokens, d).double()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from toyformer.claims import all_checks
 from toyformer.config import ConfigError
 from toyformer.data.batch import Batch
 from toyformer.models.gih import make_plan
@@ -373,7 +374,7 @@ class Ensemble:
             summary = m.experiment.summary(m.run)
             if diverged[e] >= 0:
                 summary["diverged_at_step"] = diverged[e]
-                for c in summary["checks"]:  # a diverged member holds no claim
+                for c in all_checks(summary):  # a diverged member holds no claim
                     c["ok"] = False
             if self.stopped[e]:
                 summary["stopped_at_step"] = self.ended[e]

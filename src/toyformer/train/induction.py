@@ -124,8 +124,9 @@ class InductionExperiment:
         self.data = ChainData(cfg, self.model.band, self.device)
         self.optimizer = StagedOptimizer(self.model, cfg.train.stages)
         self.theory = theory(cfg)
-        self.references = reference_table(self.data.val, cfg)
-        self.probe_fn = InductionProbe(self.data.val, self.data.val_plan, cfg, self.references)
+        predicted = predicted_offsets(self.theory)
+        self.references = reference_table(self.data.val, cfg, predicted)
+        self.probe_fn = InductionProbe(self.data.val, self.data.val_plan, cfg, self.references, predicted)
 
     def batch(self, step: int) -> Plan:
         return self.data.batch(step)
@@ -214,6 +215,11 @@ def _theory(cfg: InductionConfig) -> dict:
     return pred.summary() | {"selection_by": loss}
 
 
+def predicted_offsets(prediction: dict) -> tuple[int, ...]:
+    """The theory's S* as a tuple of offsets ("1,2" → (1, 2))."""
+    return tuple(int(o) for o in prediction["predicted_subset"].split(","))
+
+
 def build(cfg: InductionConfig) -> InductionExperiment:
     """The experiment of a config, after the checks that need more than one section."""
     # The losing c_S decay towards 0 through subnormal floats, where CPU arithmetic is tens of times slower; they
@@ -252,10 +258,11 @@ def evaluate(run: Run, overrides: list[str], sequences: int = 2000, seed: int | 
     model.load_state_dict(state["model"])
     model.eval()
     data = ChainData(cfg, model.band, torch.device("cpu"))
-    probe = InductionProbe(data.val, data.val_plan, cfg, reference_table(data.val, cfg))
+    predicted = predicted_offsets(theory(cfg))
+    probe = InductionProbe(data.val, data.val_plan, cfg, reference_table(data.val, cfg, predicted), predicted)
     with torch.no_grad():
         record = probe(model, lambda y, labels: float(prediction_loss(y, labels, cfg.train.loss)))
-    keep = ("loss_val", "loss_ref_gih", "tv_to_gih", "selected_subset", "a")
+    keep = ("loss_val", "gap_share", "loss_ref_gih", "tv_to_gih", "selected_subset", "a")
     return {
         "run": str(run.path),
         "data": cfg.data.model_dump(mode="json", exclude={"split", "batch_size", "val_sequences", "sequences"}),

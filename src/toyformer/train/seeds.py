@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from toyformer.claims import by_kind
 from toyformer.config import ConfigError, ExperimentConfig, validate
 from toyformer.runs import Run, atomic_write, default_dir
 
@@ -64,20 +65,23 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
     for key in [k for k in summaries[0]["final"] if all(isinstance(s["final"].get(k), str) for s in summaries)]:
         values = [s["final"][key] for s in summaries]  # e.g. the selected subset: how often each one
         final[key] = {"counts": {v: values.count(v) for v in sorted(set(values))}}
-    checks = []
-    for i, claim in enumerate(cfg.claims):
-        held = [s["checks"][i]["ok"] for s in summaries]
-        share = sum(held) / len(held)
-        checks.append(
-            {
-                "name": claim.name,
-                "ok": share >= claim.min_share,
-                "share": share,
-                "min_share": claim.min_share,
-                "measured": [s["checks"][i]["measured"] for s in summaries],
-                "expected": f"{summaries[0]['checks'][i]['expected']} in >= {claim.min_share:.0%} of seeds",
-            }
-        )
+    checks = {}
+    for key, claims in by_kind(cfg.claims).items():
+        checks[key] = []
+        for i, claim in enumerate(claims):
+            held = [s[key][i]["ok"] for s in summaries]
+            share = sum(held) / len(held)
+            checks[key].append(
+                {
+                    "name": claim.name,
+                    "kind": claim.kind,
+                    "ok": share >= claim.min_share,
+                    "share": share,
+                    "min_share": claim.min_share,
+                    "measured": [s[key][i]["measured"] for s in summaries],
+                    "expected": f"{summaries[0][key][i]['expected']} in >= {claim.min_share:.0%} of seeds",
+                }
+            )
     return {
         "name": cfg.name,
         "seeds": [s["seed"] for s in summaries],
@@ -86,7 +90,7 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
         "stopped": [s["seed"] for s in summaries if "stopped_at_step" in s],
         "final": final,
         "theory": summaries[0]["theory"],
-        "checks": checks,
+        **checks,
     }
 
 
