@@ -16,7 +16,7 @@ from toyformer.config import PAD
 from toyformer.data.batch import Batch
 from toyformer.data.lda import Documents
 from toyformer.models.topic import TopicTransformer, param_group
-from toyformer.theory.topic import class_means
+from toyformer.theory.topic import block_effect, class_means
 from toyformer.train.losses import model_loss
 
 
@@ -38,7 +38,8 @@ def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
 
 
 class CircuitStructure:
-    """Block contrast of E, W^V (and its column Gram W^VᵀW^V), and W_QᵀW_K: class means over word pairs."""
+    """Block contrast of E, W^V (and its column Gram W^VᵀW^V), and W_QᵀW_K: class means over word pairs, and the
+    block effect (the contrast in within-class standard deviations) that claims read, whatever the scale."""
 
     def __init__(self, classes: dict[str, torch.Tensor]):
         self.classes = classes
@@ -47,19 +48,23 @@ class CircuitStructure:
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         ov = ov_circuit(model)
         table = model.embedding_table()
-        out = class_means(table @ table.T, self.classes, "emb")
+        out = self._read(table @ table.T, "emb")
         unit = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
         out |= class_means(unit @ unit.T, self.classes, "emb_cos")
-        out |= class_means(ov, self.classes, "wv")
+        out |= self._read(ov, "wv")
         # W^VᵀW^V over inputs (inputs' value vectors are rows here), after removing what a trained bias absorbs:
         # each output's mean over the input words. Without that, a shared offset swamps every class.
         words = self.classes["same_word"].diagonal()
         centred = ov - ov[words].mean(0, keepdim=True)
-        out |= class_means(centred @ centred.T, self.classes, "wv_gram")
+        out |= self._read(centred @ centred.T, "wv_gram")
         qk = qk_circuit(model)
         if qk is not None:
-            out |= class_means(qk, self.classes, "qk")
+            out |= self._read(qk, "qk")
         return out
+
+    def _read(self, matrix: torch.Tensor, prefix: str) -> dict[str, float]:
+        """Class means and the scale-free block effect of one word-pair matrix."""
+        return class_means(matrix, self.classes, prefix) | block_effect(matrix, self.classes, prefix)
 
 
 def attention_class_means(pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor) -> dict[str, float]:

@@ -12,7 +12,7 @@ from toyformer.config import NUM_SPECIALS, ConfigError, ExperimentConfig, num_id
 from toyformer.data.lda import id_topics, topic_block_matrix
 from toyformer.data.stream import TextStream, TopicStream
 from toyformer.models.topic import TopicTransformer
-from toyformer.probes.stages import STAGE_GROUPS, onsets
+from toyformer.probes.stages import CONTRAST_REACHES, STAGE_GROUPS, contrast_reaches, onsets
 from toyformer.probes.topic import AttentionClasses, CircuitStructure, DevLoss, Norms, OptimumDistance
 from toyformer.random import generator
 from toyformer.runs import Run
@@ -128,6 +128,8 @@ class TopicExperiment:
         records = run.metrics()
         final = {k: v for k, v in records[-1].items() if k != "step"}
         final |= onsets(records, STAGE_GROUPS, self.cfg.probes.onset_fraction)
+        final |= contrast_reaches(records, CONTRAST_REACHES)  # the order of the two stages (W^V, then attention)
+        final["loss_dev_initial"] = records[0]["loss_dev"]  # so that a claim can say the model learned at all
         final |= self.source.extras | {"attn_head_gap": self.attention.head_gap(self.model)}
         return summarize(self.cfg, final, self.theory)
 
