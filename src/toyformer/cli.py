@@ -209,19 +209,23 @@ def run(
 
 
 def _resume(path: Path) -> Path:
-    from toyformer.runs import Run
+    from toyformer.runs import Run, safe_load
+    from toyformer.train.ensemble import STATE
     from toyformer.train.seeds import resume_seeds
 
     if (path / "group.json").is_file():
         group = json.loads((path / "group.json").read_text())
         if not group.get("stacked"):
             return resume_seeds(path, _train)
+        if (path / STATE).is_file():
+            safe_load(path / STATE)  # a bad state file is refused before any progress is printed
         with _progress() as progress:
             cfg = config_mod.validate(group["config"])
             return resume_seeds(path, _train, _ensemble_progress(progress, cfg, len(group["seeds"])))
     run = Run.open(path)
     if run.complete:
         raise ConfigError(f"{path}: the run is complete; nothing to resume")
+    run.load_checkpoint()  # a bad checkpoint is refused before any progress is printed
     return _train(run.config(), None, resume=run).path
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import tomllib
@@ -34,6 +35,21 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """A checkpoint's tensors and plain containers, unpickled with ``weights_only``: opening a run directory someone
+    shared never runs code from it. A truncated, tampered or foreign file is a ConfigError that names it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by what is wrong
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        reason = f"it would call {code.group(1)}" if code else (text.strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"{path}: not a checkpoint that loads safely ({reason[:160]}); it may be truncated or tampered with: "
+            "delete it to resume from the one before, or rerun"
+        ) from None
 
 
 def atomic_save(path: Path, obj: Any) -> None:
@@ -165,4 +181,4 @@ class Run:
         paths = self.checkpoints()
         if path is None and not paths:
             return None
-        return torch.load(path or paths[-1], map_location="cpu", weights_only=False)
+        return safe_load(path or paths[-1])

@@ -29,7 +29,7 @@ from toyformer.claims import all_checks
 from toyformer.config import ConfigError
 from toyformer.data.batch import Batch
 from toyformer.models.gih import make_plan
-from toyformer.runs import Run, atomic_save, atomic_write
+from toyformer.runs import Run, atomic_save, atomic_write, safe_load
 from toyformer.train.induction import target_losses
 from toyformer.train.losses import l2_penalty, model_loss, target_positions
 
@@ -274,7 +274,7 @@ class Ensemble:
         atomic_save(self.out / STATE, self.state(step))
 
     def restore(self) -> int:
-        state = torch.load(self.out / STATE, map_location=self.trained[0].device, weights_only=False)
+        state = safe_load(self.out / STATE, map_location=self.trained[0].device)
         self.stacked.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss_sum, self.count = state["loss_sum"], state["count"]
