@@ -6,12 +6,14 @@ Bad input (a config error, an unreadable file) prints one line on stderr and exi
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -42,7 +44,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a conf
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -51,14 +53,16 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if "-" in text:
             lo, hi = (int(x) for x in text.split("-", 1))
-            seeds = list(range(lo, hi + 1))
+            seeds = range(lo, hi + 1)
         else:
             seeds = [int(x) for x in text.split(",")]
     except ValueError:
         seeds = []
     if not seeds or min(seeds) < 0:
         raise ConfigError(f"--seeds {text!r}: write a range like 0-4 or a list like 0,2,5")
-    return seeds
+    if len(seeds) > config_mod.MAX_SEEDS:
+        raise ConfigError(f"--seeds {text!r}: {len(seeds):,} seeds; a group holds at most {config_mod.MAX_SEEDS:,}")
+    return list(seeds)
 
 
 def _progress() -> Progress:
@@ -192,9 +196,14 @@ def run(
         else:
             if recipe is None:
                 raise ConfigError("give a RECIPE (see `toyformer recipes`) or --resume RUN_DIR")
+            if seed is not None and seeds:
+                raise ConfigError("give --seed N (one run) or --seeds LIST (a group), not both")
             overrides = list(set_ or []) + ([f"device={device}"] if device else [])
             cfg = config_mod.load(recipe, overrides, seed)
-            seed_list = parse_seeds(seeds) if seeds else cfg.seeds
+            if not hasattr(cfg, "train"):
+                raise ConfigError(f"{recipe}: task {cfg.task!r} trains nothing; see `toyformer {cfg.task} --help`")
+            # --seed N runs seed N alone, even for a recipe that lists seeds
+            seed_list = parse_seeds(seeds) if seeds else (None if seed is not None else cfg.seeds)
             out = out or default_dir(cfg, "seeds" if seed_list else f"s{cfg.seed}")
             try:
                 path = _train_all(cfg, seed_list, out, sequential)
@@ -294,8 +303,10 @@ def theory_ngram(
 
     try:
         pa = _offsets(parents, "--parents")
-        if d < 2 or alpha <= 0 or heads < 1 or kernels < 2:
+        if d < 2 or not alpha > 0 or heads < 1 or kernels < 2:
             raise ConfigError("--d must be >= 2, --alpha > 0, --heads >= 1 and --kernels >= 2")
+        if not math.isfinite(alpha) or not math.isfinite(a):
+            raise ConfigError(f"--alpha and --a must be finite numbers, got {alpha} and {a}")
         if layout not in ("code", "paper"):
             raise ConfigError(f"--layout must be 'code' or 'paper', got {layout!r}")
         if layout == "paper" and window is None:

@@ -7,21 +7,70 @@ one-line message names the key, the allowed values and the value received; the C
 from __future__ import annotations
 
 import ast
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
     """A bad experiment config or command-line value; its message is one line that says what to do."""
 
 
+MAX_SEEDS = 4096  # members of one group: more is a typo (0-100000000), not an experiment
+MEMORY_SHARE = 0.5  # the data a config asks for may take at most this share of the machine's memory
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(key: str, value: int, need: float, what: str) -> None:
+    """One rule for sizes: the estimate ``need`` (bytes) of what ``key`` = ``value`` asks for must fit."""
+    have = machine_memory()
+    if need > MEMORY_SHARE * have:
+        raise ValueError(
+            f"{key} = {value:,} needs about {need / 2**30:,.1f} GiB for {what}, more than half of this machine's "
+            f"{have / 2**30:,.0f} GiB: lower {key}"
+        )
+
+
+def no_effect(key: str, value: Any, default: Any, idle: bool, why: str) -> None:
+    """One rule for keys that would be silently ignored: set away from its default where it does nothing."""
+    if idle and value != default:
+        raise ValueError(f"{key} = {value!r} does nothing here: it {why}")
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation is Any or any(_takes_bool(a) for a in get_args(annotation))
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    """Every config section: unknown keys, non-finite numbers and true/false where a number is meant are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for name, value in values.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
+                    raise ValueError(f"{name} takes a number or a name, not {str(value).lower()}")
+        return values
 
 
 Probability = Field(ge=0.0, le=1.0)
@@ -70,6 +119,9 @@ class DataConfig(Strict):
                 f"data.vocab_size ({self.vocab_size}) is smaller than the words the topics need "
                 f"(T·v = {sum(sizes)}): raise data.vocab_size or lower num_topics/words_per_topic"
             )
+        per_doc = (self.doc_len_max + 2) * 8 * 3  # ids, corrupted inputs and targets, int64, START/END included
+        for key in ("train_docs", "dev_docs"):
+            check_memory(f"data.{key}", getattr(self, key), getattr(self, key) * per_doc, "its documents")
         return self
 
     @property
@@ -174,9 +226,15 @@ class ModelConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, values: Any) -> Any:
-        if isinstance(values, dict) and values.get("preset") in PRESETS:
+        if isinstance(values, dict) and isinstance(values.get("preset"), str) and values["preset"] in PRESETS:
             return {**PRESETS[values["preset"]], **values}
         return values
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        why = "would stay at 0: the decoder group (which holds b_U) is frozen"
+        no_effect("model.decoder_bias", self.decoder_bias, False, "decoder" in self.freeze, why)
+        return self
 
 
 GRAD_CLIP = "clip the gradient's global norm to this (per member in an ensemble)"
@@ -196,6 +254,12 @@ class TrainConfig(Strict):
     checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
     grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
     stop_loss: float | None = Field(None, description=STOP_LOSS)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        why = "applies to optimizer = 'sgd' only (Adam keeps its own moments)"
+        no_effect("train.momentum", self.momentum, 0.0, self.optimizer != "sgd", why)
+        return self
 
 
 class ProbeConfig(Strict):
@@ -249,7 +313,9 @@ class Experiment(Strict):
     name: str = "custom"
     description: str = ""
     seed: int = Field(0, ge=0)
-    seeds: list[int] | None = Field(None, description="run once per seed and aggregate the claims")
+    seeds: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_SEEDS, description="run once per seed and aggregate the claims"
+    )
     device: Literal["cpu", "cuda"] = "cpu"
     claims: list[Claim] = Field(default_factory=list)
 
@@ -425,7 +491,7 @@ class ChainConfig(Strict):
     @classmethod
     def _parents(cls, value: list[int]) -> list[int]:
         if not value or min(value) < 1 or len(set(value)) != len(value):
-            raise ValueError(f"must be distinct offsets >= 1, got {value}")
+            raise ValueError("must be distinct offsets >= 1")
         return sorted(value)
 
     @model_validator(mode="after")
@@ -438,6 +504,9 @@ class ChainConfig(Strict):
             raise ValueError("data.first_order needs data.parents = [1]")
         if self.split == "stream" and self.batch_size is None:
             raise ValueError("data.split = 'stream' needs data.batch_size")
+        per_chain = (self.length + 1) * 8 + self.d ** len(self.parents) * self.d * 4  # tokens and its kernel
+        n, key = (self.sequences, "sequences") if self.split == "fixed" else (self.val_sequences, "val_sequences")
+        check_memory(f"data.{key}", n, n * per_chain, "its chains and their kernels")
         return self
 
     @property
@@ -465,6 +534,8 @@ class GIHModelConfig(Strict):
     def _check(self) -> GIHModelConfig:
         if self.degree > self.heads:
             raise ValueError(f"model.degree must be in 1..heads={self.heads}, got {self.degree}")
+        why = "is the paper layout's M; the code layout's windows are h..h+H-1"
+        no_effect("model.window", self.window, None, self.layout == "code", why)
         if self.layout == "paper":
             if self.window is None:
                 raise ValueError("model.layout = 'paper' needs model.window (M: each head sees offsets 1..M)")
@@ -494,10 +565,18 @@ class Stage(Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @model_validator(mode="after")
+    def _check(self) -> Stage:
+        if not self.groups:
+            raise ValueError("a stage must train at least one group (c, w, a; full variant also qk, ov, norm)")
+        why = "applies to optimizer = 'sgd' only (Adam keeps its own moments)"
+        no_effect("momentum", self.momentum, 0.0, self.optimizer != "sgd", why)
+        return self
+
 
 class InductionTrainConfig(Strict):
     loss: Literal["nll", "code-ce"] = Field("nll", description="nll of y (paper) or CE on y as logits (code)")
-    stages: list[Stage] = Field(default_factory=lambda: [Stage(groups=["c", "w", "a"], steps=50_000)])
+    stages: list[Stage] = Field(default_factory=lambda: [Stage(groups=["c", "w", "a"], steps=50_000)], min_length=1)
     probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
     checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
     grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
@@ -572,7 +651,10 @@ def recipe_names() -> list[str]:
 def _read_toml(ref: str) -> dict[str, Any]:
     path = Path(ref)
     if ref.endswith(".toml") and path.exists():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{ref}: cannot read it as a TOML file ({type(e).__name__}: {e})") from None
     else:
         if ref not in recipe_names():
             raise ConfigError(
@@ -587,6 +669,8 @@ def _read_toml(ref: str) -> dict[str, Any]:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{ref}: extends must name a recipe or a TOML file, got {parent!r}")
     return deep_merge(_read_toml(parent), raw)
 
 
@@ -647,7 +731,7 @@ def _child(node: dict | list, part: str, key: str) -> Any:
 def validate(raw: dict[str, Any]) -> ExperimentConfig | InductionConfig:
     """The config of either task, chosen by the top-level ``task`` key (default "topic")."""
     task = raw.get("task", "topic")
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise ConfigError(f"task: must be one of {sorted(TASKS)}, got {task!r}")
     return validate_as(TASKS[task], raw)
 
@@ -660,11 +744,22 @@ def validate_as(cls: type[BaseModel], raw: dict[str, Any]) -> Any:
         raise ConfigError(_one_line(e)) from None
 
 
+# the tags of discriminated sections (data.kind), which pydantic puts in an error's location (data.lda.alpha)
+SECTION_TAGS = {tag for c in (DataConfig, TextDataConfig) for tag in get_args(c.model_fields["kind"].annotation)}
+
+
 def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    parts = [str(p) for p in err["loc"]]
     msg = err["msg"].removeprefix("Value error, ")
     received = err.get("input")
+    if err["type"] == "value_error" and isinstance(received, dict):  # a section's own rule: no dump of the section
+        parts = [p for p in parts if p not in SECTION_TAGS]
+        first = msg.split(" ", 1)[0]
+        return msg if "." in first or not parts else f"{'.'.join(parts)}.{msg}"
+    key = ".".join(p for p in parts if p not in SECTION_TAGS)
+    if err["type"] == "missing":
+        return f"{key}: required, with no default"
     if err["type"] == "extra_forbidden":
         return f"unknown key {key!r}: check the spelling against `toyformer recipes --show NAME`"
     if err["type"] == "literal_error":

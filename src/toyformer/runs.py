@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 import tomllib
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """A checkpoint's tensors and plain containers, unpickled with ``weights_only``: opening a run directory someone
     shared never runs code from it. A truncated, tampered or foreign file is a ConfigError that names it."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them; the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by what is wrong
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
         code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -123,7 +126,17 @@ class Run:
         return run
 
     def config(self) -> ExperimentConfig:
-        return validate(tomllib.loads((self.path / "config.toml").read_text()))
+        try:
+            raw = tomllib.loads((self.path / "config.toml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{self.path / 'config.toml'}: unreadable ({e}); the run directory is damaged") from None
+        return validate(raw)
+
+    def _json(self, name: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{self.path / name}: unreadable ({e}); the run directory is damaged") from None
 
     @property
     def complete(self) -> bool:
@@ -131,7 +144,7 @@ class Run:
 
     # -- meta and summary --------------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / "meta.json").read_text())
+        return self._json("meta.json")
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write(self.path / "meta.json", json.dumps(meta, indent=2))
@@ -144,7 +157,7 @@ class Run:
         self.update_meta(status="complete", finished=_now())
 
     def summary(self) -> dict[str, Any]:
-        return json.loads((self.path / "summary.json").read_text())
+        return self._json("summary.json")
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
