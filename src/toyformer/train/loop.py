@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from toyformer.config import ConfigError
 from toyformer.data.batch import Batch
 from toyformer.runs import Run
 
@@ -139,9 +138,10 @@ def train(
     start = 0
     if resume is not None:
         state = run.load_checkpoint()
-        if state is None:
-            raise ConfigError(f"{run.path}: no checkpoint to resume from; start the run again")
-        start = loop.restore(state)
+        if state is None:  # killed before its step-0 checkpoint: nothing was trained, so start over in place
+            run.truncate_metrics(0)
+        else:
+            start = loop.restore(state)
     stopped = loop(start)
     summary = experiment.summary(run)
     if stopped is not None:

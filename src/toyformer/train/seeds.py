@@ -166,6 +166,11 @@ def resume_seeds(out: Path, train: Callable, on_step: Callable | None = None) ->
         run = Run.open(out / f"seed-{seed}")
         members.append(Member(seed, build_experiment(run.config()), run))
     ensemble = Ensemble(members, out, build_optimizer(cfg))
-    start = ensemble.restore() if (out / STATE).is_file() else 0
+    if (out / STATE).is_file():
+        start = ensemble.restore()
+    else:  # killed before the group's first state: nothing was trained, so start over in place
+        start = 0
+        for m in members:
+            m.run.truncate_metrics(0)
     ensemble.train(start, on_step)
     return _finish_stacked(out, cfg, ensemble, figures=True)
