@@ -3,9 +3,10 @@ bit-identical to the uninterrupted run: every metrics record and the final check
 
 Each kill is classified by what the run directory held right after it: ``before the directory`` was made (the
 command is then given again), ``during`` a checkpoint write (a temporary ``.step-*`` file was left), ``before`` the
-first checkpoint after step 0, or ``between`` checkpoints. The slow test
-kills a solo topic run, a solo induction run, a staged induction run and a stacked topic group, at least 20 times
-in all; the default suite kills one short run twice.
+first checkpoint after step 0, or ``between`` checkpoints. Deaths inside a write are also forced: the process exits
+half-way through its n-th checkpoint write or metrics append. The slow test does both to a solo topic run, a solo
+induction run, a staged induction run and a stacked topic group (about 40 kills in all); the default suite kills one
+short run twice and forces one death inside each kind of write.
 """
 
 from __future__ import annotations
@@ -24,36 +25,25 @@ import pytest
 import torch
 
 TOPIC = ["data.train_docs=200", "data.dev_docs=40", "theory.samples=200", "probes.docs=8", "masking.static=false"]
-SETTINGS = {
-    "topic solo": ["topic/s5-adam", *TOPIC, "train.steps=400", "train.probes=30", "train.checkpoints=12"],
-    "induction solo": ["induction/grid-base", "train.stages.0.steps=2000", "train.checkpoints=12"],
-    "induction staged": [
-        "induction/e2",
-        "data.sequences=2000",
-        "train.stages.0.steps=300",
-        "train.stages.1.steps=300",
-        "train.stages.2.steps=300",
-        "train.checkpoints=12",
-    ],
-    "topic group": ["topic/s4", *TOPIC, "train.steps=400", "train.checkpoints=12", "--seeds", "0-2"],
+STAGES = ["train.stages.0.steps=300", "train.stages.1.steps=300", "train.stages.2.steps=300"]
+SETTINGS = {  # name → (recipe, --set overrides, other flags)
+    "topic solo": ("topic/s5-adam", [*TOPIC, "train.steps=400", "train.probes=30", "train.checkpoints=12"], []),
+    "induction solo": ("induction/grid-base", ["train.stages.0.steps=2000", "train.checkpoints=12"], []),
+    "induction staged": ("induction/e2", ["data.sequences=2000", *STAGES, "train.checkpoints=12"], []),
+    "topic group": ("topic/s4", [*TOPIC, "train.steps=400", "train.checkpoints=12"], ["--seeds", "0-2"]),
 }
+SHORT = ("topic/s5-adam", [*TOPIC, "train.steps=150", "train.probes=12", "train.checkpoints=8"], [])
 
 
-def _args(setting: list[str], out: Path) -> list[str]:
-    recipe, rest = setting[0], setting[1:]
-    flags = [a for s in rest if not s.startswith("--") and "=" in s for a in ("--set", s)]
-    extra = [s for k, s in enumerate(rest) if s.startswith("--") or (k and rest[k - 1].startswith("--"))]
-    return ["run", recipe, "--out", str(out), *flags, *extra]
+def _args(setting: tuple[str, list[str], list[str]], out: Path) -> list[str]:
+    recipe, overrides, flags = setting
+    return ["run", recipe, "--out", str(out), *(a for o in overrides for a in ("--set", o)), *flags]
 
 
 def _cli(*args: str) -> subprocess.Popen:
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # every process alike: float reductions depend on the threads
     return subprocess.Popen(
-        [sys.executable, "-m", "toyformer.cli", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        [sys.executable, "-m", "toyformer.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
 
 
@@ -90,7 +80,7 @@ app()
 """
 
 
-def die_during_write_and_resume(setting: list[str], tmp: Path, kind: str, n: int) -> None:
+def die_during_write_and_resume(setting: tuple, tmp: Path, kind: str, n: int) -> None:
     """Die in the middle of the n-th write of ``kind``, resume, and compare with the uninterrupted run."""
     whole, cut = tmp / "whole", tmp / "cut"
     if not whole.exists():
@@ -132,7 +122,7 @@ def _where(path: Path) -> str:
     return "before" if max(steps, default=0) == 0 else "between"
 
 
-def kill_and_resume(setting: list[str], tmp: Path, kills: int, rng: random.Random, span: float | None = None) -> list:
+def kill_and_resume(setting: tuple, tmp: Path, kills: int, rng: random.Random, span: float | None = None) -> list:
     """Run ``setting`` uninterrupted and once more killed ``kills`` times at random moments within ``span`` seconds
     of each start (default: 90% of the uninterrupted run's wall time); assert both end identical; return where each
     kill landed."""
@@ -162,9 +152,6 @@ def kill_and_resume(setting: list[str], tmp: Path, kills: int, rng: random.Rando
         assert _cli(*args).wait() == 0
     _assert_identical(cut, whole)
     return landed
-
-
-SHORT = SETTINGS["topic solo"][:1] + TOPIC + ["train.steps=150", "train.probes=12", "train.checkpoints=8"]
 
 
 @pytest.fixture(scope="module")
