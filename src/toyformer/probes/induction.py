@@ -52,7 +52,7 @@ def gap_share(loss: float, references: dict[str, float]) -> float:
     """The share of the gap from the in-context unigram to the theory's GIH at (S*, a*) that ``loss`` closes: 0 at
     the unigram's loss, 1 at the GIH's, above 1 beyond it (towards Bayes)."""
     gap = references["loss_ref_unigram"] - references["loss_ref_gih_theory"]
-    return (references["loss_ref_unigram"] - loss) / gap
+    return (references["loss_ref_unigram"] - loss) / gap if gap else float("nan")  # no gap: nothing to close
 
 
 def window_weights(plan: Plan, d: int) -> torch.Tensor:
