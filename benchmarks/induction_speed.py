@@ -89,7 +89,7 @@ def _child(kind: str, steps: int, threads: int) -> dict:
     """Run one measurement in a fresh process: its own peak memory, no warm caches from the other."""
     code = (
         "import json, resource, torch, sys; sys.path.insert(0, 'benchmarks'); import induction_speed as b; "
-        f"torch.set_num_threads({threads}); torch.set_flush_denormal(True); "
+        f"torch.set_num_threads({threads}); "
         f"r = b.{kind}_steps_per_s({steps}); "
         "print(json.dumps({'steps_per_s': r, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))"
     )

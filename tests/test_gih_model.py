@@ -146,3 +146,27 @@ def test_every_head_band_in_both_layouts():
     assert [int(model.w[h].argmax()) for h in range(3)] == [1, 2, 3]
     assert math.isclose(float(model.subset_share().detach().sum()), 1.0, rel_tol=1e-6)
     assert all(len(s) <= 2 for s in itertools.chain(model.subsets))
+
+
+def test_vanishing_shares_are_exactly_zero_and_carry_no_gradient():
+    from toyformer.models.gih import SHARE_FLOOR
+
+    model = GIHTransformer(GIHModelConfig(heads=2, degree=2), 3)
+    with torch.no_grad():
+        model.c.copy_(torch.tensor([1.0, 1e-16, 3e-15]))  # shares 1, 1e-32 (below the floor), 9e-30 (above)
+    share = model.subset_share()
+    assert share[1] == 0 and share[2] > SHARE_FLOOR
+    share[1:].sum().backward()
+    assert model.c.grad[1] != 0  # the normalisation still reaches c_1: it keeps decaying, in normal floats
+
+
+def test_building_an_induction_experiment_leaves_the_float_mode_alone():
+    """The CPU's flush-to-zero mode is per thread: set by one experiment, it would change the arithmetic of
+    everything after it in the process, and not on OpenMP workers created before it was set."""
+    from toyformer.config import load
+    from toyformer.train.induction import build
+
+    subnormal = torch.full((1_000_000,), 8388607, dtype=torch.int32).view(torch.float32)  # from bits: no float op
+    before = int(((subnormal * 1.0) != 0).sum())
+    build(load("induction/grid-base", ["data.sequences=200", "theory.kernels=10"]))
+    assert before == subnormal.numel() and int(((subnormal * 1.0) != 0).sum()) == before

@@ -35,6 +35,11 @@ from toyformer.config import GIHModelConfig
 
 EPS_L2 = 1e-6
 MASKED = -1e9  # finite, so a row without admissible keys gives u = 0 instead of NaN
+# The losing c_S decay towards 0 and their shares pass through subnormal floats, where CPU arithmetic is many times
+# slower, in every (pair × subset) product of the kernel. A share this small moves no float32 sum of O(1) terms, so it
+# is dropped exactly. (Flushing subnormals with the CPU's flush-to-zero mode instead made results depend on the
+# process's history: the mode is per thread, and OpenMP workers created before it was set never had it.)
+SHARE_FLOOR = 1e-30
 TABLE_LIMIT = 1 << 22  # largest (query window × key window) table of the fast path
 
 
@@ -99,9 +104,10 @@ class GIHTransformer(nn.Module):
         return [p for name, p in self.named_parameters() if self.GROUP_OF[name] in groups]
 
     def subset_share(self) -> torch.Tensor:
-        """p_S = c_S² / Σ c² over the subsets (in ``self.names`` order)."""
+        """p_S = c_S² / Σ c² over the subsets (in ``self.names`` order); a share below SHARE_FLOOR is exactly 0."""
         sq = self.c**2
-        return sq / sq.sum()
+        share = sq / sq.sum()
+        return share.masked_fill(share < SHARE_FLOOR, 0.0)
 
     # -- layer 1: the copier, on windows ---------------------------------------------------------------------------
     def copier(self, windows: torch.Tensor, attention: bool = False) -> torch.Tensor:

@@ -222,9 +222,6 @@ def predicted_offsets(prediction: dict) -> tuple[int, ...]:
 
 def build(cfg: InductionConfig) -> InductionExperiment:
     """The experiment of a config, after the checks that need more than one section."""
-    # The losing c_S decay towards 0 through subnormal floats, where CPU arithmetic is tens of times slower; they
-    # carry no weight (p_S ∝ c_S²), so flush them to zero.
-    torch.set_flush_denormal(True)
     if cfg.data.targets == "all" and cfg.data.split == "fixed" and cfg.data.batch_size is None:
         n, length = cfg.data.train_sequences, cfg.data.length
         if n * length * length > 50_000_000:
