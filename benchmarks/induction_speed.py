@@ -3,7 +3,7 @@
 
 - reference: the same model written as the maths reads: banded RPE attention over whole sequences ((B, L+1, L+1)
   per head), L2 normalisation, the selector kernel at every position, the classifier softmax
-  (``toyformer.models.gih.reference_predict``).
+  (``toyformer.induction.model.reference_predict``).
 - eager: a vectorised eager step without the sharing: the copier on every position's window (unfold), inner
   products and the kernel per position (``make_plan(..., fast=False)``).
 - toyformer: the induction/e5 recipe through the library (distinct windows, the pair table, grouped keys).
@@ -29,11 +29,13 @@ OFFICIAL_STEPS_PER_S = 1.1
 
 
 def toyformer_steps_per_s(steps: int) -> float:
-    from toyformer.config import load
-    from toyformer.train.induction import build
+    from toyformer.induction.experiment import InductionExperiment
+    from toyformer.tasks import load
 
     start = time.perf_counter()
-    exp = build(load("induction/e5", ["theory.kernels=10"]))  # samples the chains and builds the plan, timed
+    exp = InductionExperiment(
+        load("induction/e5", ["theory.kernels=10"])
+    )  # samples the chains and builds the plan, timed
     plan = exp.batch(0)
     for _ in range(steps):
         loss = exp.loss(exp.model, plan)
@@ -46,9 +48,10 @@ def toyformer_steps_per_s(steps: int) -> float:
 def eager_steps_per_s(steps: int) -> float:
     import torch.nn.functional as F
 
-    from toyformer.config import GIHModelConfig
-    from toyformer.data.ngram import sample_batch
-    from toyformer.models.gih import GIHTransformer, make_plan
+    from toyformer.induction.chains import sample_batch
+    from toyformer.induction.config import GIHModelConfig
+    from toyformer.induction.model import GIHTransformer
+    from toyformer.induction.plan import make_plan
     from toyformer.random import generator
 
     chains = sample_batch(9000, 3, (1, 2), 0.1, 100, generator(0, "bench-chains"))
@@ -67,9 +70,9 @@ def eager_steps_per_s(steps: int) -> float:
 def reference_steps_per_s(steps: int) -> float:
     import torch.nn.functional as F
 
-    from toyformer.config import GIHModelConfig
-    from toyformer.data.ngram import sample_batch
-    from toyformer.models.gih import GIHTransformer, reference_predict
+    from toyformer.induction.chains import sample_batch
+    from toyformer.induction.config import GIHModelConfig
+    from toyformer.induction.model import GIHTransformer, reference_predict
     from toyformer.random import generator
 
     chains = sample_batch(9000, 3, (1, 2), 0.1, 100, generator(0, "bench-chains"))

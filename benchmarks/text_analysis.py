@@ -30,9 +30,9 @@ from toyformer.bench import machine, write
 
 def bert(folder: Path, layers: int, heads: int, width: int) -> Path:
     """Random weights, WordPiece vocabulary of 30,522 trained on wiki-vital: nothing is downloaded."""
-    from toyformer.analysis import random_bert
-    from toyformer.config import CorpusConfig
-    from toyformer.data.text import documents
+    from toyformer.text.analysis import random_bert
+    from toyformer.text.config import CorpusConfig
+    from toyformer.text.corpus import documents
 
     texts = (d.text for d in documents(CorpusConfig()))
     return random_bert(folder, texts, vocab_size=30522, layers=layers, heads=heads, width=width)

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from toyformer.bench import machine, peak_memory_mb, write
-from toyformer.config import load
-from toyformer.data.lda import corrupt, sample_documents
 from toyformer.random import generator
-from toyformer.train.topic import TopicExperiment
+from toyformer.tasks import load
+from toyformer.topic.experiment import TopicExperiment
+from toyformer.topic.lda import sample_documents
+from toyformer.topic.masking import corrupt
 
 
 class ReferenceLayer(nn.Module):

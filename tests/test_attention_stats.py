@@ -15,11 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toyformer.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig, num_ids, validate
-from toyformer.data.lda import corrupt, id_topics, sample_documents
-from toyformer.probes.topic import attention_class_means
 from toyformer.random import generator
-from toyformer.train.topic import build_model
+from toyformer.tasks import validate
+from toyformer.topic.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig, num_ids
+from toyformer.topic.experiment import build_model
+from toyformer.topic.lda import id_topics, sample_documents
+from toyformer.topic.masking import corrupt
+from toyformer.topic.probes import attention_class_means
 
 # --------------------------------------------------------------------------------------------------------------
 # attention class means

@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from toyformer.claims import check, lookup, value
-from toyformer.config import END, MASK, NUM_SPECIALS, PAD, START, Claim, DataConfig, MaskingConfig, validate
-from toyformer.data.lda import corrupt, population_batch
-from toyformer.models.gih import GIHTransformer
-from toyformer.probes.stages import onset_step, onsets
+from toyformer.config import Claim
+from toyformer.induction.model import GIHTransformer
 from toyformer.random import generator
+from toyformer.tasks import validate
+from toyformer.topic.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig
+from toyformer.topic.masking import corrupt, population_batch
+from toyformer.topic.stages import onset_step, onsets
 
 # --------------------------------------------------------------------------------------------------------------
 # claims
@@ -492,7 +494,7 @@ def test_subset_share_by_hand_for_three_heads():
 
 
 def test_block_effect_is_cohens_d_over_the_topic_classes():
-    from toyformer.theory.topic import block_effect, word_pair_classes
+    from toyformer.topic.theory import block_effect, word_pair_classes
 
     gen = torch.Generator().manual_seed(0)
     words = 12

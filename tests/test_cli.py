@@ -5,11 +5,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import config, tasks
 from toyformer.claims import all_checks
 from toyformer.cli import app, parse_seeds
 from toyformer.runs import Run
-from toyformer.train.topic import run_topic
+from toyformer.topic.experiment import TopicExperiment
+from toyformer.train.loop import train
 
 PUBLIC_FINAL = [
     "wv_same_word",
@@ -31,8 +32,8 @@ PUBLIC_FINAL = [
 # topic/wiki-mlm reads a real corpus: tests/test_text.py runs it on a planted one
 @pytest.mark.parametrize("name", [n for n in config.recipe_names() if n.startswith("topic/") and n != "topic/wiki-mlm"])
 def test_every_recipe_runs_a_few_steps(tmp_path, fast, name):
-    cfg = config.load(name, [*fast, "train.steps=3", "train.checkpoints=2"])
-    run = run_topic(cfg, out=tmp_path / "run", figures=False)
+    cfg = tasks.load(name, [*fast, "train.steps=3", "train.checkpoints=2"])
+    run = train(TopicExperiment(cfg), tmp_path / "run", figures=False)
     summary = run.summary()
     assert set(summary) >= {"final", "theory", "checks"}
     assert len(all_checks(summary)) == len(cfg.claims)
@@ -61,7 +62,7 @@ def test_run_directory_contract_and_report(tmp_path, fast):
     for name in ["config.toml", "meta.json", "metrics.jsonl", "summary.json"]:
         assert (out / name).is_file(), name
     run = Run(out)
-    assert run.config().seed == 7 and run.config().train.steps == 40
+    assert tasks.run_config(run).seed == 7 and tasks.run_config(run).train.steps == 40
     meta = run.meta()
     assert meta["status"] == "complete" and meta["seed"] == 7 and "torch" in meta["versions"]
     final = run.summary()["final"]

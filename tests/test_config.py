@@ -3,7 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import config, tasks
 from toyformer.cli import app
 from toyformer.config import ConfigError
 
@@ -45,9 +45,9 @@ def test_unknown_recipe_and_unreadable_run_dir(tmp_path):
 
 
 def test_overrides_parse_types_and_presets_fill_only_unset_fields():
-    cfg = config.load("topic/s2", ["train.lr=0.5", "model.freeze=['embedding']", "data.start_end=false"])
+    cfg = tasks.load("topic/s2", ["train.lr=0.5", "model.freeze=['embedding']", "data.start_end=false"])
     assert cfg.train.lr == 0.5 and cfg.model.freeze == ["embedding"] and cfg.data.start_end is False
-    cfg = config.load("topic/s2", ["model.value_init=zero"])
+    cfg = tasks.load("topic/s2", ["model.value_init=zero"])
     assert cfg.model.value_init == "zero" and cfg.model.attention == "uniform"  # preset B fills the rest
 
 
@@ -57,18 +57,18 @@ def test_every_recipe_validates_and_states_claims():
         assert required in names
     assert sum(n.startswith("topic/s5-") for n in names) >= 6
     for name in names:
-        cfg = config.load(name)
+        cfg = tasks.load(name)
         assert cfg.name == name and cfg.claims, name
 
 
 def test_resolved_config_round_trips_through_toml():
     import tomllib
 
-    cfg = config.load("topic/s5-block", ["seed=3"])
-    again = config.validate(tomllib.loads(cfg.dump()))
+    cfg = tasks.load("topic/s5-block", ["seed=3"])
+    again = tasks.validate(tomllib.loads(cfg.dump()))
     assert again == cfg
 
 
 def test_claim_expressions_are_checked_at_load():
     with pytest.raises(ConfigError, match="claims"):
-        config.validate({"claims": [{"name": "x", "left": "a * b", "op": ">", "right": "0"}]})
+        tasks.validate({"claims": [{"name": "x", "left": "a * b", "op": ">", "right": "0"}]})

@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import tasks
 from toyformer.cli import app
-from toyformer.report.ensemble import band
 from toyformer.runs import Run
 from toyformer.train.ensemble import STATE, Ensemble, Member
+from toyformer.train.figures import band
 from toyformer.train.loop import train
-from toyformer.train.seeds import build_experiment, build_optimizer, member_config, resume_seeds, run_seeds
+from toyformer.train.seeds import Group, member_config, resume_seeds, run_seeds
 
 TOPIC_SMALL = ["data.train_docs=400", "data.dev_docs=40", "theory.samples=50", "train.probes=6", "probes.docs=8"]
 SETTINGS = {
@@ -58,10 +58,10 @@ def _close(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_members_match_solo_runs(tmp_path, name):
     recipe, overrides = SETTINGS[name]
-    cfg = config.load(recipe, overrides)
-    group = run_seeds(cfg, [0, 1, 2], tmp_path / "group", None, figures=False)
+    cfg = tasks.load(recipe, overrides)
+    group = run_seeds(cfg, tasks.task_of(cfg), [0, 1, 2], tmp_path / "group", figures=False)
     for seed in (0, 2):
-        solo = train(build_experiment(member_config(cfg, seed)), tmp_path / f"solo-{seed}", figures=False)
+        solo = train(tasks.build(member_config(cfg, seed)), tmp_path / f"solo-{seed}", figures=False)
         member = Run(group / f"seed-{seed}")
         _close(member.metrics(), solo.metrics())
         assert member.summary()["final"].keys() == solo.summary()["final"].keys()
@@ -70,13 +70,13 @@ def test_members_match_solo_runs(tmp_path, name):
 
 
 def _ensemble(cfg, seeds, out):
-    xs = [build_experiment(member_config(cfg, s)) for s in seeds]
+    xs = [tasks.build(member_config(cfg, s)) for s in seeds]
     members = [Member(s, x, Run.create(x.cfg, out / f"seed-{s}")) for s, x in zip(seeds, xs, strict=True)]
-    return Ensemble(members, out, build_optimizer(cfg))
+    return Ensemble(members, out, tasks.task_of(cfg))
 
 
 def test_a_diverging_member_is_frozen_and_the_others_are_untouched(tmp_path):
-    cfg = config.load("topic/s2", TOPIC_SMALL + ["train.steps=10"])
+    cfg = tasks.load("topic/s2", TOPIC_SMALL + ["train.steps=10"])
     ens = _ensemble(cfg, [0, 1, 2], tmp_path / "g")
     with torch.no_grad():
         ens.stacked.blocks[0].attn.W_V[1, 0, 5, 7] = float("nan")  # member 1 is broken from the start
@@ -88,7 +88,7 @@ def test_a_diverging_member_is_frozen_and_the_others_are_untouched(tmp_path):
     assert torch.equal(ens.stacked.blocks[0].attn.W_V[1].isnan(), before.isnan())  # frozen: never updated
     assert [r["step"] for r in Run(tmp_path / "g" / "seed-1").metrics()] == [0]  # its run ends where it diverged
     for seed in (0, 2):
-        solo = train(build_experiment(member_config(cfg, seed)), tmp_path / f"solo-{seed}", figures=False)
+        solo = train(tasks.build(member_config(cfg, seed)), tmp_path / f"solo-{seed}", figures=False)
         _close(Run(tmp_path / "g" / f"seed-{seed}").metrics(), solo.metrics())
         assert "diverged_at_step" not in summaries[seed]
 
@@ -97,15 +97,15 @@ def test_clipping_and_early_stopping_act_per_member(tmp_path):
     # A clip far below the gradient norm: a global norm over all members would shrink every member differently
     # from its solo run. The stop loss is reached by some members at some probe step and not by others.
     overrides = ["data.sequences=300", "data.length=40", "train.stages.0.steps=40", "train.probes=12"]
-    base = config.load("induction/e5", overrides + ["train.grad_clip=0.05"])
-    probe = run_seeds(base, [0, 1, 2, 3], tmp_path / "probe", None, figures=False)
+    base = tasks.load("induction/e5", overrides + ["train.grad_clip=0.05"])
+    probe = run_seeds(base, tasks.task_of(base), [0, 1, 2, 3], tmp_path / "probe", figures=False)
     lowest = [min(r["loss_train"] for r in Run(probe / f"seed-{s}").metrics()) for s in range(4)]
     stop = float(np.median(lowest))  # two members reach it at some probe step, two never do
-    cfg = config.load("induction/e5", overrides + ["train.grad_clip=0.05", f"train.stop_loss={stop}"])
-    group = run_seeds(cfg, [0, 1, 2, 3], tmp_path / "group", None, figures=False)
+    cfg = tasks.load("induction/e5", overrides + ["train.grad_clip=0.05", f"train.stop_loss={stop}"])
+    group = run_seeds(cfg, tasks.task_of(cfg), [0, 1, 2, 3], tmp_path / "group", figures=False)
     stopped = []
     for seed in range(4):
-        solo = train(build_experiment(member_config(cfg, seed)), tmp_path / f"solo-{seed}", figures=False)
+        solo = train(tasks.build(member_config(cfg, seed)), tmp_path / f"solo-{seed}", figures=False)
         member = Run(group / f"seed-{seed}")
         _close(member.metrics(), solo.metrics())
         assert member.summary().get("stopped_at_step") == solo.summary().get("stopped_at_step")
@@ -115,8 +115,8 @@ def test_clipping_and_early_stopping_act_per_member(tmp_path):
 
 
 def test_group_summary_aggregates_members(tmp_path):
-    cfg = config.load("topic/s2", TOPIC_SMALL + ["train.steps=10"])
-    group = run_seeds(cfg, [3, 4, 5, 6], tmp_path / "g", None)
+    cfg = tasks.load("topic/s2", TOPIC_SMALL + ["train.steps=10"])
+    group = run_seeds(cfg, tasks.task_of(cfg), [3, 4, 5, 6], tmp_path / "g")
     summary = json.loads((group / "summary.json").read_text())
     members = [Run(group / f"seed-{s}").summary() for s in (3, 4, 5, 6)]
     xs = np.array([m["final"]["wv_same_topic"] for m in members])
@@ -139,17 +139,18 @@ def test_band_skips_missing_members():
 
 
 def test_interrupted_ensemble_resumes_to_the_same_numbers(tmp_path):
-    cfg = config.load("topic/s2", TOPIC_SMALL + ["train.steps=12", "train.checkpoints=3"])
-    whole = run_seeds(cfg, [0, 1], tmp_path / "whole", None, figures=False)
+    cfg = tasks.load("topic/s2", TOPIC_SMALL + ["train.steps=12", "train.checkpoints=3"])
+    whole = run_seeds(cfg, tasks.task_of(cfg), [0, 1], tmp_path / "whole", figures=False)
 
     def crash(step, records):
         if step == 7:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_seeds(cfg, [0, 1], tmp_path / "cut", None, on_step=crash, figures=False)
+        run_seeds(cfg, tasks.task_of(cfg), [0, 1], tmp_path / "cut", on_step=crash, figures=False)
     assert (tmp_path / "cut" / STATE).is_file() and not (tmp_path / "cut" / "summary.json").exists()
-    resume_seeds(tmp_path / "cut", None)
+    group = Group.read(tmp_path / "cut")
+    resume_seeds(tmp_path / "cut", group, cfg, tasks.task_of(cfg))
     for seed in (0, 1):
         assert Run(tmp_path / "cut" / f"seed-{seed}").metrics() == Run(whole / f"seed-{seed}").metrics()
 

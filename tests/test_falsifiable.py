@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from toyformer import config
+from toyformer import config, tasks
 from toyformer.claims import all_checks, lookup, parse_terms
-from toyformer.train.induction import predicted_offsets
+from toyformer.induction.theory import predicted_offsets
 from toyformer.train.loop import train
-from toyformer.train.seeds import build_experiment, member_config
+from toyformer.train.seeds import member_config
 
 SHORT = {
     "topic": ["data.train_docs=200", "data.dev_docs=50", "theory.samples=400", "train.probes=6", "probes.docs=16"],
@@ -92,9 +92,9 @@ def structural(claim) -> bool:
     return any(n.startswith(STRUCTURAL) for n in _names(claim) if not n.startswith("theory."))
 
 
-def _config(name: str, tmp, untrained: bool = True, steps: int | None = None) -> config.ExperimentConfig:
+def _config(name: str, tmp, untrained: bool = True, steps: int | None = None) -> config.TopicConfig:
     """The recipe on shortened data; ``untrained``: one step (per stage) at a vanishing learning rate."""
-    base = config.load(name)
+    base = tasks.load(name)
     if base.task == "induction":
         stages = range(len(base.train.stages))
         overrides = SHORT["induction"] + [
@@ -106,12 +106,12 @@ def _config(name: str, tmp, untrained: bool = True, steps: int | None = None) ->
         else:
             overrides = list(POPULATION if base.data.population else SHORT["topic"])
         overrides += ["train.steps=1", f"train.lr={VANISHING}"] if untrained else [f"train.steps={steps}"]
-    cfg = config.load(name, overrides)
+    cfg = tasks.load(name, overrides)
     return member_config(cfg, cfg.seeds[0]) if cfg.seeds else cfg
 
 
 def _summary(cfg, out, plant=None) -> dict:
-    experiment = build_experiment(cfg)
+    experiment = tasks.build(cfg)
     if plant is not None:
         with torch.no_grad():
             plant(experiment)
@@ -193,7 +193,7 @@ def outcomes(name: str, tmp: str) -> dict:
     """claim name → {"kind", "structural", "held": {model → ok}}, with the untrained run's summary and the config."""
     tmp = Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    base = config.load(name)
+    base = tasks.load(name)
     untrained = _config(name, tmp)
     runs = {"untrained": _summary(untrained, tmp / "untrained")}
     for seed in UNTRAINED_SEEDS:  # a claim that fails at init only for some draws of the init is not falsifiable
@@ -202,7 +202,7 @@ def outcomes(name: str, tmp: str) -> dict:
         for plant in (wrong_selector, wrong_copier):
             runs[plant.__name__] = _summary(untrained, tmp / plant.__name__, plant)
     else:
-        brief = build_experiment(_config(name, tmp, untrained=False, steps=min(base.train.steps, TOPIC_TRAIN_STEPS)))
+        brief = tasks.build(_config(name, tmp, untrained=False, steps=min(base.train.steps, TOPIC_TRAIN_STEPS)))
         runs["trained briefly"] = train(brief, out=tmp / "trained", figures=False).summary()
         state = brief.model.state_dict()
 

@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import config, tasks
 from toyformer.cli import app
 
 CASES = 600
@@ -75,7 +75,7 @@ def _leaves(model: BaseModel, prefix: str = "") -> list[tuple[str, list[str]]]:
 
 def _cases(n: int, seed: int) -> list[list[str]]:
     rng = random.Random(seed)
-    leaves = {name: _leaves(config.load(name)) for name in RECIPES}
+    leaves = {name: _leaves(tasks.load(name)) for name in RECIPES}
     cases = []
     for _ in range(n):
         name = rng.choice(RECIPES)
@@ -149,7 +149,6 @@ def test_unreadable_truncated_and_tampered_recipe_files_are_refused(tmp_path):
 def runs(tmp_path_factory):
     """A finished topic run and a finished induction run, made once for the tampering tests."""
     from toyformer.train.loop import train
-    from toyformer.train.seeds import build_experiment
 
     root = tmp_path_factory.mktemp("fuzz-runs")
     small = {
@@ -157,7 +156,7 @@ def runs(tmp_path_factory):
         "induction/grid-base": ["data.sequences=100", "data.length=20", "theory.kernels=50", "train.stages.0.steps=3"],
     }
     return {
-        name: train(build_experiment(config.load(name, o)), out=root / name.replace("/", "-"), figures=False).path
+        name: train(tasks.build(tasks.load(name, o)), out=root / name.replace("/", "-"), figures=False).path
         for name, o in small.items()
     }
 

@@ -7,12 +7,14 @@ import math
 import pytest
 import torch
 
-from toyformer.config import GIHModelConfig
-from toyformer.data.ngram import sample_batch
-from toyformer.models.gih import GIHTransformer, bits, make_plan, reference_predict, subsets
+from toyformer.induction.chains import sample_batch
+from toyformer.induction.config import GIHModelConfig
+from toyformer.induction.losses import prediction_loss
+from toyformer.induction.model import GIHTransformer, bits, reference_predict, subsets
+from toyformer.induction.plan import make_plan
+from toyformer.induction.predictors import gih_predict
+from toyformer.induction.theory import predict_subset
 from toyformer.random import generator
-from toyformer.theory.ngram import gih_predict, predict_subset
-from toyformer.train.induction import prediction_loss
 
 VARIANTS = [
     dict(variant="simplified"),
@@ -149,7 +151,7 @@ def test_every_head_band_in_both_layouts():
 
 
 def test_vanishing_shares_are_exactly_zero_and_carry_no_gradient():
-    from toyformer.models.gih import SHARE_FLOOR
+    from toyformer.induction.model import SHARE_FLOOR
 
     model = GIHTransformer(GIHModelConfig(heads=2, degree=2), 3)
     with torch.no_grad():
@@ -163,10 +165,10 @@ def test_vanishing_shares_are_exactly_zero_and_carry_no_gradient():
 def test_building_an_induction_experiment_leaves_the_float_mode_alone():
     """The CPU's flush-to-zero mode is per thread: set by one experiment, it would change the arithmetic of
     everything after it in the process, and not on OpenMP workers created before it was set."""
-    from toyformer.config import load
-    from toyformer.train.induction import build
+    from toyformer.induction.experiment import InductionExperiment
+    from toyformer.tasks import load
 
     subnormal = torch.full((1_000_000,), 8388607, dtype=torch.int32).view(torch.float32)  # from bits: no float op
     before = int(((subnormal * 1.0) != 0).sum())
-    build(load("induction/grid-base", ["data.sequences=200", "theory.kernels=10"]))
+    InductionExperiment(load("induction/grid-base", ["data.sequences=200", "theory.kernels=10"]))
     assert before == subnormal.numel() and int(((subnormal * 1.0) != 0).sum()) == before

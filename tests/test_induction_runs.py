@@ -7,11 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import config, tasks
 from toyformer.claims import all_checks
 from toyformer.cli import app
+from toyformer.induction.experiment import InductionExperiment
 from toyformer.runs import Run
-from toyformer.train.induction import InductionExperiment, build
 from toyformer.train.loop import train
 
 SMALL = ["data.sequences=300", "data.length=30", "theory.kernels=100", "train.probes=6", "train.checkpoints=3"]
@@ -22,13 +22,13 @@ def _small(name: str, steps: int = 3, extra: list[str] | None = None):
     raw = config._read_toml(name)
     stages = raw.get("train", {}).get("stages", [{}])
     overrides = [*SMALL, *(f"train.stages.{k}.steps={steps}" for k in range(len(stages))), *(extra or [])]
-    return config.load(name, overrides)
+    return tasks.load(name, overrides)
 
 
 @pytest.mark.parametrize("name", INDUCTION)
 def test_every_induction_recipe_runs_a_few_steps(tmp_path, name):
     cfg = _small(name)
-    run = train(build(cfg), out=tmp_path / "run", figures=False)
+    run = train(InductionExperiment(cfg), out=tmp_path / "run", figures=False)
     summary = run.summary()
     assert [c["name"] for c in all_checks(summary)] == [c.name for c in cfg.claims if c.kind != "sanity"] + [
         c.name for c in cfg.claims if c.kind == "sanity"
@@ -53,7 +53,7 @@ def test_every_induction_recipe_runs_a_few_steps(tmp_path, name):
 
 
 def _offset_subsets(cfg):
-    from toyformer.theory.ngram import candidate_subsets
+    from toyformer.induction.theory import candidate_subsets
 
     m = cfg.model
     return candidate_subsets(m.layout, m.heads, m.degree, m.window)
@@ -61,7 +61,7 @@ def _offset_subsets(cfg):
 
 def test_stages_move_only_their_own_groups(tmp_path):
     cfg = _small("induction/e1", steps=4)
-    run = train(build(cfg), out=tmp_path / "run", figures=False)
+    run = train(InductionExperiment(cfg), out=tmp_path / "run", figures=False)
     summary = run.summary()
     assert [s["groups"] for s in summary["stages"]] == [["c"], ["w"], ["a"]]
     assert [s["steps"] for s in summary["stages"]] == [[0, 4], [4, 8], [8, 12]]
@@ -76,7 +76,7 @@ def test_stages_move_only_their_own_groups(tmp_path):
 def test_a_stage_that_moves_nothing_is_caught(tmp_path):
     """The stage check can fail: at lr 1e-30 the c stage's float32 updates round to nothing."""
     cfg = _small("induction/e1", steps=3, extra=["train.stages.0.lr=1e-30"])
-    run = train(build(cfg), out=tmp_path / "run", figures=False)
+    run = train(InductionExperiment(cfg), out=tmp_path / "run", figures=False)
     summary = run.summary()
     assert summary["stages"][0]["moved"]["c"] == 0.0 and not summary["stages"][0]["only_own_groups"]
     assert summary["final"]["stages_in_order"] == 0.0
@@ -85,8 +85,8 @@ def test_a_stage_that_moves_nothing_is_caught(tmp_path):
 def test_selection_on_a_short_e5(tmp_path):
     """500 full-batch steps of E5 on 2,000 chains: the selector already sits on S* = {1,2} and the model is close
     to the GIH built from its learned S and a."""
-    cfg = config.load("induction/e5", ["data.sequences=2000", "train.stages.0.steps=500", "train.probes=10"])
-    run = train(build(cfg), out=tmp_path / "run")
+    cfg = tasks.load("induction/e5", ["data.sequences=2000", "train.stages.0.steps=500", "train.probes=10"])
+    run = train(InductionExperiment(cfg), out=tmp_path / "run")
     summary = run.summary()
     final = summary["final"]
     assert summary["theory"]["predicted_subset"] == "1,2"
@@ -101,7 +101,7 @@ def test_selection_on_a_short_e5(tmp_path):
 
 def test_resume_gives_the_uninterrupted_numbers(tmp_path):
     cfg = _small("induction/e1", steps=5)
-    whole = train(build(cfg), out=tmp_path / "whole", figures=False)
+    whole = train(InductionExperiment(cfg), out=tmp_path / "whole", figures=False)
 
     class Stop(Exception):
         pass
@@ -114,14 +114,14 @@ def test_resume_gives_the_uninterrupted_numbers(tmp_path):
         train(InductionExperiment(cfg), out=tmp_path / "cut", on_step=stop_at, figures=False)
     cut = Run.open(tmp_path / "cut")
     assert not cut.complete
-    train(InductionExperiment(cut.config()), resume=cut, figures=False)
+    train(InductionExperiment(tasks.run_config(cut)), resume=cut, figures=False)
     assert cut.metrics() == whole.metrics()
     assert cut.summary()["final"] == whole.summary()["final"]
 
 
 def test_eval_under_shift(tmp_path):
-    cfg = config.load("induction/e5", ["data.sequences=1000", "train.stages.0.steps=200", "train.probes=4"])
-    run = train(build(cfg), out=tmp_path / "run", figures=False)
+    cfg = tasks.load("induction/e5", ["data.sequences=1000", "train.stages.0.steps=200", "train.probes=4"])
+    run = train(InductionExperiment(cfg), out=tmp_path / "run", figures=False)
     runner = CliRunner()
     result = runner.invoke(app, ["eval", str(run.path), "--set", "data.length=200", "--set", "data.d=4", "--json"])
     assert result.exit_code == 0, result.output
@@ -160,7 +160,7 @@ def test_bad_induction_config_is_one_line_exit_2(tmp_path, overrides, message):
 
 def test_all_targets_path_trains(tmp_path):
     cfg = _small("induction/e5", steps=3, extra=["data.targets=all", "data.batch_size=32"])
-    run = train(build(cfg), out=tmp_path / "run", figures=False)
+    run = train(InductionExperiment(cfg), out=tmp_path / "run", figures=False)
     final = run.summary()["final"]
     assert "loss_val_last" in final and final["loss_val"] > 0
     assert torch.isfinite(torch.tensor(final["loss_train"]))
@@ -170,7 +170,7 @@ def test_seed_group_counts_selected_subsets(tmp_path):
     from toyformer.train.seeds import run_seeds
 
     cfg = _small("induction/fewer-slots", steps=3)
-    out = run_seeds(cfg, [0, 1], tmp_path / "g", lambda c, o, resume=None: train(build(c), out=o, figures=False))
+    out = run_seeds(cfg, tasks.task_of(cfg), [0, 1], tmp_path / "g")
     summary = json.loads((out / "summary.json").read_text())
     counts = summary["final"]["selected_subset"]["counts"]
     assert sum(counts.values()) == 2

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from toyformer.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, num_ids
-from toyformer.data import lda
-from toyformer.data.lda import id_topics, sample_documents, sample_mixtures, topic_block_matrix, topic_word_matrix
 from toyformer.random import derive_seed, dirichlet, generator, log_gamma_variates
+from toyformer.topic import lda
+from toyformer.topic.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, num_ids
+from toyformer.topic.lda import id_topics, sample_documents, sample_mixtures, topic_block_matrix, topic_word_matrix
 
 # --------------------------------------------------------------------------------------------------------------
 # random.py: gamma and Dirichlet variates

@@ -11,11 +11,13 @@ import math
 import pytest
 import torch
 
-from toyformer.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig, validate
-from toyformer.data.lda import corrupt, population_batch, sample_documents, sample_mixtures
 from toyformer.random import generator
-from toyformer.train.losses import model_loss
-from toyformer.train.topic import build_model
+from toyformer.tasks import validate
+from toyformer.topic.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig
+from toyformer.topic.experiment import build_model
+from toyformer.topic.lda import sample_documents, sample_mixtures
+from toyformer.topic.losses import model_loss
+from toyformer.topic.masking import corrupt, population_batch
 
 N_IDS = 104
 

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from toyformer.data.ngram import sample_batch, sample_chains
+from toyformer.induction.chains import sample_batch, sample_chains, sample_kernels, stationary_windows
 from toyformer.random import generator
-from toyformer.theory.ngram import sample_kernels, stationary_windows
 
 
 def _transition_counts(tokens: np.ndarray, d: int, parents: tuple[int, ...]) -> np.ndarray:

@@ -7,9 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from toyformer.cli import app
-from toyformer.data.ngram import sample_batch
+from toyformer.induction.chains import sample_batch
+from toyformer.induction.predictors import bayes_predict, best_gih_a, gih_predict, losses, oracle_predict
 from toyformer.random import generator
-from toyformer.theory.ngram import bayes_predict, best_gih_a, gih_predict, losses, oracle_predict
 
 
 def _loop_gih(seq: list[int], subset: tuple[int, ...], d: int, a: float) -> list[float]:
@@ -115,7 +115,8 @@ def test_theory_ngram_cli_json_and_bad_input():
     assert set(out["mi_modified"]) == {"1", "2", "3", "1,2", "1,3", "2,3"}
     for args, named in [
         (["--degree", "4"], "--degree"),
-        (["--parents", "1,5"], "--parents"),
+        (["--parents", "1,6"], "--parents"),  # outside the offsets 1..2H-1 the heads can copy
+        (["--layout", "code", "--window", "4"], "--window"),  # the code layout has no window
         (["--layout", "paper"], "--window"),
         (["--parents", "x"], "--parents"),
     ]:
@@ -126,7 +127,7 @@ def test_theory_ngram_cli_json_and_bad_input():
 @pytest.mark.parametrize("parents,seq", [((1,), [0, 1, 1, 0, 1, 1, 1, 0, 0, 1]), ((1, 2), [1, 0, 0, 1, 0, 0, 1, 1, 0])])
 def test_bayes_predictive_against_monte_carlo_posterior(parents, seq):
     """E[π(·|c) | x_1..x_L] by importance weighting kernels drawn from the prior with the chain's likelihood."""
-    from toyformer.theory.ngram import sample_kernels
+    from toyformer.induction.chains import sample_kernels
 
     d, alpha, n = 2, 0.5, 400_000
     kernels = sample_kernels(n, d, len(parents), alpha, generator(9, "bayes-mc"))  # (n, d^|pa|, d)

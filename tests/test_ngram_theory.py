@@ -16,18 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from toyformer.data.ngram import sample_chains
-from toyformer.random import generator
-from toyformer.theory.ngram import (
+from toyformer.induction.chains import sample_chains, sample_kernels, stationary_windows
+from toyformer.induction.theory import (
     candidate_subsets,
     chi2_mi,
     code_ce_mi,
     modified_chi2_mi,
     predict_subset,
-    sample_kernels,
     stationary_joint,
-    stationary_windows,
 )
+from toyformer.random import generator
 
 # ----------------------------------------------------------------------------------------------- brute force
 

@@ -8,17 +8,17 @@ the full variant) and the distractor run take several minutes each.
 
 import pytest
 
-from toyformer import config
+from toyformer import config, tasks
 from toyformer.claims import all_checks
 from toyformer.runs import Run
 from toyformer.train.loop import train
-from toyformer.train.seeds import build_experiment, run_seeds
+from toyformer.train.seeds import run_seeds
 
 SHORTENED = {"induction/e4": ["train.stages.0.steps=20000"]}
 
 
 def _train(cfg, out, resume=None):
-    return train(build_experiment(cfg), out=out, resume=resume, figures=False)
+    return train(tasks.build(cfg), out=out, resume=resume, figures=False)
 
 
 @pytest.mark.slow
@@ -26,7 +26,9 @@ def _train(cfg, out, resume=None):
 def test_recipe_claims_hold(tmp_path, name):
     if name == "topic/wiki-mlm":
         pytest.importorskip("gensim")
-    cfg = config.load(name, SHORTENED.get(name, []))
-    path = run_seeds(cfg, cfg.seeds, tmp_path / "g", _train) if cfg.seeds else _train(cfg, tmp_path / "r").path
+    cfg = tasks.load(name, SHORTENED.get(name, []))
+    path = (
+        run_seeds(cfg, tasks.task_of(cfg), cfg.seeds, tmp_path / "g") if cfg.seeds else _train(cfg, tmp_path / "r").path
+    )
     failed = [c for c in all_checks(Run(path).summary()) if not c["ok"]]
     assert not failed, failed

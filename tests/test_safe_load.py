@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import tasks
 from toyformer.cli import app
-from toyformer.train.induction import build
+from toyformer.induction.experiment import InductionExperiment
 from toyformer.train.loop import train
 
 SMALL = ["data.sequences=300", "data.length=30", "theory.kernels=100", "train.probes=4", "train.checkpoints=3"]
@@ -28,8 +28,8 @@ class Planted:
 
 @pytest.fixture
 def finished(tmp_path):
-    cfg = config.load("induction/grid-base", [*SMALL, "train.stages.0.steps=5"])
-    return train(build(cfg), out=tmp_path / "run", figures=False).path
+    cfg = tasks.load("induction/grid-base", [*SMALL, "train.stages.0.steps=5"])
+    return train(InductionExperiment(cfg), out=tmp_path / "run", figures=False).path
 
 
 def _one_line_error(args: list[str]) -> str:

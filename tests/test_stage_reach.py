@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from toyformer.probes.stages import CONTRAST_REACHES, contrast_reaches, reach_step
+from toyformer.topic.stages import CONTRAST_REACHES, contrast_reaches, reach_step
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 

@@ -13,18 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from toyformer import config
+from toyformer import tasks
 from toyformer.cli import app
-from toyformer.config import ConfigError, CorpusConfig, TopicsConfig, VocabConfig
-from toyformer.data.text import STOP_WORDS, build_vocabulary, documents, tokenize
-from toyformer.data.topics import cache_key, corpus_topics
-from toyformer.probes.text import (
-    CLASSES,
-    AttentionClassStats,
-    WordMatcher,
-    embedding_class_stats,
-    piece_positions,
-)
+from toyformer.config import ConfigError
+from toyformer.text.config import CorpusConfig, TopicsConfig, VocabConfig
+from toyformer.text.corpus import STOP_WORDS, build_vocabulary, documents, tokenize
+from toyformer.text.probes import CLASSES, AttentionClassStats, WordMatcher, embedding_class_stats, piece_positions
+from toyformer.text.topics import cache_key, corpus_topics
 
 PLANTED = {"Rivers": "zor", "Music": "mel", "Stars": "pix"}  # label → the prefix of its 12 words
 LETTERS = "abcdefghijkl"
@@ -240,7 +235,7 @@ def test_attention_class_stats_against_brute_force():
 def _tiny_bert(tmp_path, texts):
     """A small randomly initialised BERT; its WordPiece vocabulary is small, so many words split into pieces."""
     transformers = pytest.importorskip("transformers")
-    from toyformer.analysis import random_bert
+    from toyformer.text.analysis import random_bert
 
     model_dir = random_bert(tmp_path / "tiny-bert", texts, vocab_size=80, layers=2, heads=4, width=32)
     return model_dir, transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -252,7 +247,7 @@ def test_word_matcher_finds_vocabulary_words_among_pieces(tmp_path, corpus):
     vocab = build_vocabulary(corpus, VocabConfig(min_count=1))
     matcher = WordMatcher(tokenizer, vocab.words)
     enc = tokenizer(texts[:5], padding=True, return_tensors="pt")
-    from toyformer.analysis import word_index_of
+    from toyformer.text.analysis import word_index_of
 
     word_index = word_index_of(enc, 5)
     assert any(len(tokenizer.tokenize(w)) > 1 for w in vocab.words)  # the merge is exercised
@@ -321,7 +316,8 @@ def test_corpus_topics_command(corpus):
 def test_mlm_on_a_corpus_learns_topic_structure(tmp_path, corpus):
     """The wiki-mlm recipe on the planted corpus: short training already separates the topics in the embeddings."""
     pytest.importorskip("gensim")
-    from toyformer.train.topic import run_topic
+    from toyformer.topic.experiment import TopicExperiment
+    from toyformer.train.loop import train
 
     overrides = [
         f"data.corpus.source={corpus.source}",
@@ -337,8 +333,8 @@ def test_mlm_on_a_corpus_learns_topic_structure(tmp_path, corpus):
         "train.probes=5",
         "probes.docs=20",
     ]
-    cfg = config.load("topic/wiki-mlm", overrides)
-    run = run_topic(cfg, out=tmp_path / "run", figures=False)
+    cfg = tasks.load("topic/wiki-mlm", overrides)
+    run = train(TopicExperiment(cfg), tmp_path / "run", figures=False)
     final = run.summary()["final"]
     assert final["emb_same_topic"] > final["emb_diff_topic"]
     assert final["emb_cos_same_topic"] > final["emb_cos_diff_topic"]

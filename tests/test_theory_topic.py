@@ -13,19 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from toyformer.config import NUM_SPECIALS, PAD, DataConfig, num_ids, validate
-from toyformer.data.batch import Batch
-from toyformer.data.lda import corrupt, sample_documents
 from toyformer.random import generator
-from toyformer.theory.topic import (
+from toyformer.tasks import validate
+from toyformer.topic.batch import Batch
+from toyformer.topic.config import NUM_SPECIALS, PAD, DataConfig, num_ids
+from toyformer.topic.experiment import build_model
+from toyformer.topic.lda import sample_documents
+from toyformer.topic.losses import l2_penalty, model_loss
+from toyformer.topic.masking import corrupt
+from toyformer.topic.theory import (
+    lda_pair_classes,
     least_squares_optimum,
-    pair_classes,
     pipeline_statistics,
     population_value_optimum,
     predictions,
 )
-from toyformer.train.losses import l2_penalty, model_loss
-from toyformer.train.topic import build_model
 
 SMALL = {"num_topics": 3, "words_per_topic": 4, "doc_len_min": 10, "doc_len_max": 20}
 
@@ -114,7 +116,7 @@ def test_least_squares_optimum_is_the_min_norm_regression(small_default):
     block_lib, block_bf = w[words, words], theta[:v][words, words]
     np.testing.assert_allclose(block_lib - block_lib.mean(0), block_bf - block_bf.mean(0), atol=1e-8)
     # ...and so do the class-mean contrasts
-    classes = {k: m.numpy() for k, m in pair_classes(cfg.data).items()}
+    classes = {k: m.numpy() for k, m in lda_pair_classes(cfg.data).items()}
     for a, c in (("same_word", "same_topic"), ("same_topic", "diff_topic")):
         assert w[classes[a]].mean() - w[classes[c]].mean() == pytest.approx(
             theta[:v][classes[a]].mean() - theta[:v][classes[c]].mean(), abs=1e-8
@@ -211,7 +213,7 @@ def test_regime_b_predictions_match_the_spec_simulation():
     assert out["wv_same_word_population"] == pytest.approx(1 / (a * 10), rel=1e-12)
     assert out["wv_diff_topic_population"] == 0.0
     # the class means are those of the returned optimum
-    classes = pair_classes(cfg.data)
+    classes = lda_pair_classes(cfg.data)
     assert out["wv_same_topic"] == pytest.approx(float(optimum[classes["same_topic"]].mean()), rel=1e-12)
 
 
@@ -264,7 +266,7 @@ def test_population_value_optimum_is_b_over_a(sizes):
     "data", [DataConfig(num_topics=4, words_per_topic=3), DataConfig(num_topics=4, words_per_topic=3, overlap=1)]
 )
 def test_pair_classes_partition_word_pairs(data):
-    classes = pair_classes(data)
+    classes = lda_pair_classes(data)
     v = num_ids(data)
     # topics of each word from the support of Φ, written out: topic t owns words 3t..3t+2 and (with overlap) the
     # first word of topic t+1 (cyclically)

@@ -2,15 +2,16 @@
 
 import pytest
 
-from toyformer import config
-from toyformer.train.topic import run_topic
+from toyformer import tasks
+from toyformer.topic.experiment import TopicExperiment
+from toyformer.train.loop import train
 
 SMALL = ["data.train_docs=2000", "data.dev_docs=100", "theory.samples=4000", "train.probes=8", "probes.docs=16"]
 
 
 def _final(tmp_path, recipe, extra):
-    cfg = config.load(recipe, [*SMALL, *extra])
-    summary = run_topic(cfg, out=tmp_path / "run", figures=False).summary()
+    cfg = tasks.load(recipe, [*SMALL, *extra])
+    summary = train(TopicExperiment(cfg), tmp_path / "run", figures=False).summary()
     return summary["final"], summary["theory"]
 
 

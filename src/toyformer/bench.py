@@ -22,8 +22,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from toyformer.config import load
+from toyformer.induction.chains import sample_batch
 from toyformer.random import generator
+from toyformer.tasks import build, load, task_of
+from toyformer.topic.lda import sample_documents, topic_word_matrix
+from toyformer.train.ensemble import Ensemble, Member
+from toyformer.train.seeds import member_config
 
 MEMBERS = (1, 4, 16, 64, 256)
 QUICK_MEMBERS = (1, 4, 16)
@@ -81,8 +85,6 @@ def write(results: dict, path: Path | None) -> str:
 
 
 def ngram_tokens_per_s(device: torch.device, chains: int, seconds: float) -> float:
-    from toyformer.data.ngram import sample_batch
-
     def call(i: int) -> None:
         gen = generator(i, "bench-ngram", device=device)
         sample_batch(chains, NGRAM["d"], NGRAM["parents"], NGRAM["alpha"], NGRAM["length"], gen, device=device)
@@ -91,8 +93,6 @@ def ngram_tokens_per_s(device: torch.device, chains: int, seconds: float) -> flo
 
 
 def lda_tokens_per_s(device: torch.device, docs: int, seconds: float) -> float:
-    from toyformer.data.lda import sample_documents, topic_word_matrix
-
     cfg = load("topic/s2").data
     phi = topic_word_matrix(cfg).to(device)
     words = []
@@ -106,11 +106,9 @@ def lda_tokens_per_s(device: torch.device, docs: int, seconds: float) -> float:
 
 
 def experiments(setting: str, members: int, device: torch.device) -> list:
-    from toyformer.train.seeds import build_experiment, member_config
-
     recipe, overrides = SETTINGS[setting]
     cfg = load(recipe, overrides + [f"device={device.type}"])
-    return [build_experiment(member_config(cfg, seed)) for seed in range(members)]
+    return [build(member_config(cfg, seed)) for seed in range(members)]
 
 
 SETTINGS = {  # the finite-N theory of topic runs is not timed: 10 simulated documents instead of 20,000
@@ -151,11 +149,8 @@ def paired_speedup(setting: str, members: int, device: torch.device, seconds: fl
 
 def ensemble(setting: str, members: int, device: torch.device):
     """The stacked ensemble of ``members`` seeds and its step function (gradients, then update)."""
-    from toyformer.train.ensemble import Ensemble, Member
-    from toyformer.train.seeds import build_optimizer
-
     xs = experiments(setting, members, device)
-    ens = Ensemble([Member(seed, x, None) for seed, x in enumerate(xs)], Path("."), build_optimizer(xs[0].cfg))
+    ens = Ensemble([Member(seed, x, None) for seed, x in enumerate(xs)], Path("."), task_of(xs[0].cfg))
 
     def step(i: int) -> None:
         ens.update(ens.gradients(i))

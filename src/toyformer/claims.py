@@ -16,24 +16,10 @@ parameters): it guards against broken runs, is listed apart under ``sanity_check
 from __future__ import annotations
 
 import operator
-import re
 
-from toyformer.config import Claim
+from toyformer.config import Claim, parse_terms
 
-_TOKEN = re.compile(r"\s*([+-])?\s*([A-Za-z_][\w.]*|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)")
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-
-
-def parse_terms(text: str) -> list[tuple[float, str]]:
-    """'a - b + 2' → [(1, 'a'), (-1, 'b'), (1, '2')]; raises ValueError on anything else."""
-    terms, pos = [], 0
-    while pos < len(text.rstrip()):
-        m = _TOKEN.match(text, pos)
-        if m is None or (terms and m.group(1) is None):
-            raise ValueError(f"cannot read {text!r}: write names and numbers joined by + and -")
-        terms.append((-1.0 if m.group(1) == "-" else 1.0, m.group(2)))
-        pos = m.end()
-    return terms
 
 
 def lookup(term: str, final: dict, theory: dict):

@@ -1,13 +1,16 @@
 """The ``toyformer`` command: recipes, run, theory, report, demo.
 
-Bad input (a config error, an unreadable file) prints one line on stderr and exits with code 2.
+Bad input (a config error, an unreadable file) prints one line on stderr and exits with code 2. Commands import the
+modules they use inside their bodies, so that `toyformer --help` and `toyformer recipes` start without torch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from toyformer import config as config_mod
+from toyformer import tasks
 from toyformer.config import ConfigError
 
 app = typer.Typer(
@@ -82,39 +86,33 @@ def _train_all(cfg, seeds: list[int] | None, out: Path, sequential: bool = False
     directory holding summary.json."""
     from toyformer.train.seeds import run_seeds
 
+    task = tasks.task_of(cfg)
     if not seeds:
-        return _train(cfg, out).path
+        return _train(cfg, out)
     if sequential:
-        return run_seeds(cfg, seeds, out, _train, sequential=True)
+        return run_seeds(cfg, task, seeds, out, sequential=True, progress=_run_progress)
     with _progress() as progress:
-        return run_seeds(cfg, seeds, out, _train, on_step=_ensemble_progress(progress, cfg, len(seeds)))
+        return run_seeds(cfg, task, seeds, out, on_step=_ensemble_progress(progress, cfg, len(seeds)))
 
 
 def _ensemble_progress(progress: Progress, cfg, members: int):
-    task = progress.add_task(f"{cfg.name} × {members} seeds", total=cfg.train.steps + 1, info="")
+    bar = progress.add_task(f"{cfg.name} × {members} seeds", total=cfg.train.steps + 1, info="")
 
     def on_step(step: int, records: list[dict]) -> None:
         info = None
         if records:
             losses = [r["loss_train"] for r in records]
             info = f"loss {sum(losses) / len(losses):.4f} (mean of {len(records)} running)"
-        progress.update(task, completed=step + 1, **({"info": info} if info else {}))
+        progress.update(bar, completed=step + 1, **({"info": info} if info else {}))
 
     return on_step
 
 
-def _experiment(cfg):
-    from toyformer.train.seeds import build_experiment
-
-    return build_experiment(cfg)
-
-
-def _train(cfg, out: Path | None, resume=None):
-    from toyformer.train.loop import train
-
-    experiment = _experiment(cfg)
+@contextmanager
+def _run_progress(cfg):
+    """A progress bar for one run; yields its on_step(step, record)."""
     with _progress() as progress:
-        task = progress.add_task(f"{cfg.name} seed {cfg.seed}", total=cfg.train.steps + 1, info="")
+        bar = progress.add_task(f"{cfg.name} seed {cfg.seed}", total=cfg.train.steps + 1, info="")
 
         def on_step(step: int, record: dict | None) -> None:
             info = None
@@ -123,9 +121,17 @@ def _train(cfg, out: Path | None, resume=None):
                 info = f"loss {record['loss_train']:.4f}  held-out {held_out:.4f}"
                 if "a" in record:
                     info += f"  a {record['a']:.2f}  S {{{record['selected_subset']}}}"
-            progress.update(task, completed=step + 1, **({"info": info} if info else {}))
+            progress.update(bar, completed=step + 1, **({"info": info} if info else {}))
 
-        return train(experiment, out=out, on_step=on_step, resume=resume)
+        yield on_step
+
+
+def _train(cfg, out: Path | None, resume=None) -> Path:
+    from toyformer.train.loop import train
+
+    experiment = tasks.task_of(cfg).build(cfg)  # every error before a directory or a bar
+    with _run_progress(cfg) as on_step:
+        return train(experiment, out=out, on_step=on_step, resume=resume).path
 
 
 def _fmt(x) -> str:
@@ -159,14 +165,14 @@ def recipes(show: Annotated[str | None, typer.Option(help="print one recipe's re
     """List the named experiments."""
     try:
         if show:
-            cfg = config_mod.load(show)
+            cfg = tasks.load(show)
             out_console.print(cfg.dump(), highlight=False, markup=False)
             return
         table = Table(title="recipes")
         table.add_column("name")
         table.add_column("description")
         for name in config_mod.recipe_names():
-            table.add_row(name, config_mod.load(name).description)
+            table.add_row(name, tasks.load(name).description)
         out_console.print(table)
     except ConfigError as e:
         fail(str(e))
@@ -199,8 +205,8 @@ def run(
             if seed is not None and seeds:
                 raise ConfigError("give --seed N (one run) or --seeds LIST (a group), not both")
             overrides = list(set_ or []) + ([f"device={device}"] if device else [])
-            cfg = config_mod.load(recipe, overrides, seed)
-            if not hasattr(cfg, "train"):
+            cfg = tasks.load(recipe, overrides, seed)
+            if not tasks.task_of(cfg).trains:
                 raise ConfigError(f"{recipe}: task {cfg.task!r} trains nothing; see `toyformer {cfg.task} --help`")
             # --seed N runs seed N alone, even for a recipe that lists seeds
             seed_list = parse_seeds(seeds) if seeds else (None if seed is not None else cfg.seeds)
@@ -220,22 +226,23 @@ def run(
 def _resume(path: Path) -> Path:
     from toyformer.runs import Run, safe_load
     from toyformer.train.ensemble import STATE
-    from toyformer.train.seeds import resume_seeds
+    from toyformer.train.seeds import GROUP, Group, resume_seeds
 
-    if (path / "group.json").is_file():
-        group = json.loads((path / "group.json").read_text())
-        if not group.get("stacked"):
-            return resume_seeds(path, _train)
+    if (path / GROUP).is_file():
+        group = Group.read(path)
+        cfg = tasks.validate(group.config)
+        task = tasks.task_of(cfg)
+        if not group.stacked:
+            return resume_seeds(path, group, cfg, task, progress=_run_progress)
         if (path / STATE).is_file():
             safe_load(path / STATE)  # a bad state file is refused before any progress is printed
         with _progress() as progress:
-            cfg = config_mod.validate(group["config"])
-            return resume_seeds(path, _train, _ensemble_progress(progress, cfg, len(group["seeds"])))
+            return resume_seeds(path, group, cfg, task, _ensemble_progress(progress, cfg, len(group.seeds)))
     run = Run.open(path)
     if run.complete:
         raise ConfigError(f"{path}: the run is complete; nothing to resume")
     run.load_checkpoint()  # a bad checkpoint is refused before any progress is printed
-    return _train(run.config(), None, resume=run).path
+    return _train(tasks.run_config(run), None, resume=run)
 
 
 @theory_app.command("topic")
@@ -247,11 +254,11 @@ def theory_topic(
 ) -> None:
     """Closed-form optima of the topic experiments (spec §5): regime B (and A, tied) for the actual pipeline and the
     population limit B/a."""
-    from toyformer.theory.topic import predictions
+    from toyformer.topic.theory import predictions
 
     try:
         overrides = list(set_ or []) + ([f"theory.samples={samples}"] if samples else [])
-        cfg = config_mod.load(recipe, overrides)
+        cfg = tasks.load(recipe, overrides)
     except ConfigError as e:
         fail(str(e))
     values, _ = predictions(cfg)
@@ -297,37 +304,31 @@ def theory_ngram(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """The subset table of the modified χ² mutual information, the predicted S* and the reference losses (spec §5)."""
-    from toyformer.data.ngram import sample_batch
+    from toyformer.induction.chains import sample_batch
+    from toyformer.induction.config import InductionConfig, candidate_subsets
+    from toyformer.induction.predictors import best_gih_a, reference_losses
+    from toyformer.induction.theory import predict_subset
     from toyformer.random import generator
-    from toyformer.theory.ngram import best_gih_a, candidate_subsets, head_offsets, predict_subset, reference_losses
 
     try:
-        pa = _offsets(parents, "--parents")
-        if d < 2 or not alpha > 0 or heads < 1 or kernels < 2:
-            raise ConfigError("--d must be >= 2, --alpha > 0, --heads >= 1 and --kernels >= 2")
-        if not math.isfinite(alpha) or not math.isfinite(a):
-            raise ConfigError(f"--alpha and --a must be finite numbers, got {alpha} and {a}")
-        if layout not in ("code", "paper"):
-            raise ConfigError(f"--layout must be 'code' or 'paper', got {layout!r}")
-        if layout == "paper" and window is None:
-            raise ConfigError("--layout paper needs --window M (each head sees offsets 1..M)")
-        if degree < 1 or degree > heads:
-            raise ConfigError(f"--degree must be in 1..{heads} (the number of heads), got {degree}")
-        reachable = head_offsets(layout, heads, window)
-        outside = [p for p in pa if p not in reachable]
-        if outside:
-            raise ConfigError(
-                f"--parents {outside} outside the offsets the heads can copy ({reachable[0]}..{reachable[-1]}):"
-                " raise --heads or --window"
-            )
-        if length <= max(pa) or sequences < 0:
-            raise ConfigError(f"--length must exceed the largest parent offset {max(pa)}; --sequences must be >= 0")
-        if d ** (max(max(pa), max(reachable))) > 4096:
-            raise ConfigError("d^(largest offset) must be at most 4096 states: lower --d or the offsets")
+        raw = {
+            "task": "induction",
+            "data": {"d": d, "parents": list(_offsets(parents, "--parents")), "alpha": alpha, "length": length},
+            "model": {"heads": heads, "degree": degree, "layout": layout, "window": window},
+            "theory": {"kernels": kernels},
+        }
+        if sequences < 0 or not math.isfinite(a):
+            raise ConfigError(f"--sequences must be >= 0 and --a a finite number, got {sequences} and {a}")
+        try:
+            cfg = config_mod.validate_as(InductionConfig, raw)  # the rules of a recipe with this setting
+        except ConfigError as e:
+            raise ConfigError(_as_flags(str(e))) from None
     except ConfigError as e:
         fail(str(e))
-    prediction = predict_subset(d, pa, alpha, heads, degree, layout, window, kernels, seed)
-    out = prediction.summary() | {"candidates": len(candidate_subsets(layout, heads, degree, window))}
+    data, model = cfg.data, cfg.model
+    pa = tuple(data.parents)
+    prediction = predict_subset(d, pa, alpha, heads, degree, model.layout, model.window, kernels, seed)
+    out = prediction.summary() | {"candidates": len(candidate_subsets(model.layout, heads, degree, model.window))}
     if sequences:
         chains = sample_batch(sequences, d, pa, alpha, length, generator(seed, "theory-sequences"))
         best = tuple(int(x) for x in prediction.predicted.split(","))
@@ -374,6 +375,26 @@ def theory_ngram(
         )
 
 
+# `theory ngram`'s flags for the config keys its errors name
+FLAGS = {
+    "data.d": "--d",
+    "data.parents": "--parents",
+    "data.alpha": "--alpha",
+    "data.length": "--length",
+    "model.heads": "--heads",
+    "model.degree": "--degree",
+    "model.layout": "--layout",
+    "model.window": "--window",
+    "theory.kernels": "--kernels",
+}
+
+
+def _as_flags(message: str) -> str:
+    for key, flag in FLAGS.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w])", flag, message)
+    return message
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
     """Rebuild a finished run's figures from its checkpoint and metrics."""
@@ -384,7 +405,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run director
         state = run.load_checkpoint()
         if state is None:
             raise ConfigError(f"{run_dir}: no checkpoint to rebuild the figures from")
-        experiment = _experiment(run.config())
+        cfg = tasks.run_config(run)
+        experiment = tasks.task_of(cfg).build(cfg)
         experiment.model.load_state_dict(state["model"])
     except ConfigError as e:
         fail(str(e))
@@ -401,13 +423,18 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Evaluate a trained induction model under shift: --set data.length=200 --set data.alpha=0.3 --set data.d=4."""
+    from toyformer.induction.config import InductionConfig
+    from toyformer.induction.experiment import evaluate
     from toyformer.runs import Run
-    from toyformer.train.induction import evaluate
 
     try:
         if sequences < 1:
             raise ConfigError("--sequences must be >= 1")
-        result = evaluate(Run.open(run_dir), list(set_ or []), sequences, seed)
+        run = Run.open(run_dir)
+        cfg = tasks.run_config(run)
+        if not isinstance(cfg, InductionConfig):
+            raise ConfigError(f"{run_dir}: eval is for induction runs (this run's task is {cfg.task!r})")
+        result = evaluate(run, cfg, list(set_ or []), sequences, seed)
     except ConfigError as e:
         fail(str(e))
     if as_json:
@@ -463,8 +490,8 @@ def corpus_topics_cmd(
 ) -> None:
     """Fit LDA topics on a corpus (cached) and print them; the cache folder is the last line.
     More settings: --set vocab.size=20000 --set topics.rule=posterior --set corpus.max_docs=5000 …"""
-    from toyformer.config import TopicsFit
-    from toyformer.data.topics import corpus_topics
+    from toyformer.text.config import TopicsFit
+    from toyformer.text.topics import corpus_topics
 
     given = {"num_topics": topics, "passes": passes, "weighting": weighting}
     raw = {"corpus": {"source": corpus, "lang": lang}, "topics": {k: v for k, v in given.items() if v is not None}}
@@ -526,8 +553,8 @@ def analyze(
 ) -> None:
     """Topic structure of a pretrained encoder: embedding and per-layer, per-head attention class means against
     LDA topics and category labels. Prints the run directory as the last line."""
-    from toyformer.analysis import analyze as run_analysis
-    from toyformer.config import AnalysisConfig
+    from toyformer.text.analysis import analyze as run_analysis
+    from toyformer.text.config import AnalysisConfig
 
     raw = {
         "model_dir": str(model_dir),
@@ -576,7 +603,7 @@ def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = P
     ok = True
     for name in DEMO:
         try:
-            cfg = config_mod.load(name)
+            cfg = tasks.load(name)
             target = out / name.replace("/", "-")
             if (target / "summary.json").is_file():
                 path = target

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from toyformer.config import ConfigError, ExperimentConfig, validate
+from toyformer.config import ConfigError, RunConfig
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -86,7 +86,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def default_dir(cfg: ExperimentConfig, tag: str, root: Path = Path("runs")) -> Path:
+def default_dir(cfg: RunConfig, tag: str, root: Path = Path("runs")) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     return root / f"{cfg.name.replace('/', '-')}-{tag}-{stamp}"
 
@@ -97,7 +97,7 @@ class Run:
 
     # -- creation and loading ----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: ExperimentConfig, out: Path | None = None, root: Path = Path("runs")) -> Run:
+    def create(cls, cfg: RunConfig, out: Path | None = None, root: Path = Path("runs")) -> Run:
         out = Path(out) if out is not None else default_dir(cfg, f"s{cfg.seed}", root)
         if out.exists() and any(out.iterdir()):
             raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")
@@ -125,12 +125,13 @@ class Run:
             raise ConfigError(f"{path}: not a run directory (no config.toml)")
         return run
 
-    def config(self) -> ExperimentConfig:
+    def raw_config(self) -> dict[str, Any]:
+        """config.toml as written (``toyformer.tasks.run_config`` validates it as its task's class)."""
         try:
             raw = tomllib.loads((self.path / "config.toml").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"{self.path / 'config.toml'}: unreadable ({e}); the run directory is damaged") from None
-        return validate(raw)
+        return raw
 
     def _json(self, name: str) -> dict[str, Any]:
         try:

@@ -1,10 +1,10 @@
-"""Seed ensembles (landscape feature 6): many seeds of one recipe trained in one process, their parameters stacked
+"""Seed ensembles: many seeds of one recipe trained in one process, their parameters stacked
 along a leading member axis, so that one optimizer step moves every member.
 
 Each member is the solo experiment of its seed: its own init, data, probes and run directory under the group. Only
-the training step is shared. Topic models run one forward for all members through ``torch.func.vmap``; the
-induction model computes each member's pair kernel on one plan of all members' windows and then its classifier over
-every member's key groups at once. The loss is the sum of the members' losses, so each member's gradient is its own,
+the training step is shared, and each family writes its own (``Task.stacked``: ``toyformer.topic.stacked``,
+``toyformer.induction.stacked``): one batch of all members' data and every member's loss from the stacked
+parameters in one pass. The loss is the sum of the members' losses, so each member's gradient is its own,
 and the optimizers act elementwise (SGD, Adam), so each member moves as it would alone.
 
 Per member: gradient clipping (``train.grad_clip``, on the member's own norm), early stopping (``train.stop_loss``,
@@ -16,25 +16,18 @@ back from the device except at probe and checkpoint steps.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 from toyformer.claims import all_checks
-from toyformer.config import ConfigError
-from toyformer.data.batch import Batch
-from toyformer.models.gih import make_plan
-from toyformer.runs import Run, atomic_save, atomic_write, safe_load
-from toyformer.train.induction import target_losses
-from toyformer.train.losses import l2_penalty, model_loss, target_positions
+from toyformer.runs import Run, atomic_save, safe_load
+from toyformer.task import Task
 
 STATE = "ensemble.pt"  # the group's resumable state: stacked parameters, optimizer, guards, running losses
-CHUNK = 16  # steps of documents gathered at once on the fixed-document path
 
 
 def stack_modules(models: list[nn.Module]) -> nn.Module:
@@ -59,7 +52,7 @@ def member_state(stacked: nn.Module, e: int) -> dict[str, torch.Tensor]:
     return {k: v[e].clone() for k, v in stacked.state_dict().items()}
 
 
-class _Method(nn.Module):
+class Method(nn.Module):
     """Calls one method of a module, so ``functional_call`` can run it with other parameters."""
 
     def __init__(self, module: nn.Module, method: str):
@@ -68,156 +61,6 @@ class _Method(nn.Module):
 
     def forward(self, *args):
         return getattr(self.module, self.method)(*args)
-
-
-class _Model:
-    """A model as ``model_loss`` sees it, running on one member's parameters (inside vmap)."""
-
-    def __init__(self, template: nn.Module, state: dict[str, torch.Tensor]):
-        self.template, self.state = template, state
-        self.position_independent = template.position_independent
-
-    def __call__(self, *args):
-        return functional_call(self.template, self.state, args)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The shared step of each model family: stacked batches and per-member losses
-
-
-class TopicStep:
-    """Topic models (paper 1): batches stacked (E, B, ...), losses by vmap over the members."""
-
-    def __init__(self, experiments: list):
-        self.template = experiments[0].model
-        cfg = experiments[0].cfg
-        self.kind, self.l2 = cfg.train.loss, cfg.train.l2
-        self.trained = [n for n, p in self.template.named_parameters() if p.requires_grad]
-        self.streams = [x.stream for x in experiments]
-        static = cfg.masking.static or getattr(cfg.data, "population", False)
-        self.stacked = None
-        if all(s.train is not None for s in self.streams) and static:
-            # Fixed documents with masks drawn once: stack them and pick every member's rows in one gather.
-            self.stacked = Batch.stack([s.train for s in self.streams])
-            for e, s in enumerate(self.streams):  # members keep views, not copies
-                s.train = self.stacked.map(lambda t, e=e: t[e])
-            self.order: tuple[int, torch.Tensor | None] = (-1, None)  # the epoch's visiting orders, (E, N)
-            self.chunk: tuple[int, Batch | None] = (-1, None)  # the documents of the current CHUNK steps
-
-    def batch(self, step: int) -> Batch:
-        if self.stacked is None:
-            return Batch.stack([s.batch(step) for s in self.streams])
-        b = self.streams[0].batch_size
-        epoch, k = divmod(step, self.streams[0].steps_per_epoch)
-        if self.order[0] != epoch:  # each member's own seeded order, as its solo stream draws it
-            self.order = (epoch, torch.stack([s.epoch_order(epoch) for s in self.streams]))
-            self.chunk = (-1, None)
-        chunk, j = divmod(k, CHUNK)
-        if self.chunk[0] != chunk:  # the next CHUNK steps' documents in one gather; a step's batch is then a slice
-            rows = self.order[1][:, chunk * CHUNK * b : (chunk + 1) * CHUNK * b]
-            self.chunk = (chunk, self.stacked.map(lambda t: _rows(t, rows)))
-        return self.chunk[1].map(lambda t: t[:, j * b : (j + 1) * b])
-
-    def losses(self, stacked: nn.Module, batch: Batch) -> torch.Tensor:
-        state = dict(stacked.named_parameters()) | dict(stacked.named_buffers())
-        index = None
-        if batch.soft is None and not self.template.position_independent:  # one set of positions for all members
-            index = target_positions(batch.weight.flatten(0, 1)).view(*batch.weight.shape[:2], -1)
-        fields = batch.fields()
-
-        def one(state, fields, index):
-            member = Batch(*fields)
-            loss = model_loss(_Model(self.template, state), member, self.kind, index)
-            return loss + l2_penalty([state[n] for n in self.trained], self.l2)
-
-        dims = tuple(None if f is None else 0 for f in fields)
-        return vmap(one, in_dims=(0, dims, None if index is None else 0))(state, fields, index)
-
-
-def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """t (E, N, ...) at rows (E, B) → (E, B, ...): whole rows copied by one index_select."""
-    flat = rows + torch.arange(len(rows), device=rows.device)[:, None] * t.shape[1]
-    return t.flatten(0, 1).index_select(0, flat.flatten()).view(*rows.shape, *t.shape[2:])
-
-
-class InductionStep:
-    """Induction models (paper 2): one plan over all members' sequences (their windows shared), each member's pair
-    kernel by vmap, then the classifier over all members' groups with each group's own a."""
-
-    def __init__(self, experiments: list):
-        self.template = experiments[0].model
-        self.cfg = experiments[0].cfg
-        self.datas = [x.data for x in experiments]
-        self.pair_kernel = _Method(self.template, "pair_kernel")
-        self.fixed = None
-        if all(data.full for data in self.datas):
-            self.fixed = self._plan(torch.cat([data.train.tokens for data in self.datas]))
-
-    def _plan(self, tokens: torch.Tensor):
-        d, model = self.cfg.data, self.template
-        plan = make_plan(tokens, model.band, d.d, d.targets, self.cfg.model.fast)
-        if plan.groups is None:
-            raise ConfigError(
-                "a stacked ensemble of induction models needs the grouped fast path (data.targets = 'last', "
-                "model.fast = true): run the seeds one after another with --sequential"
-            )
-        # Each member computes its kernel only on its own distinct pairs (a quarter of the union's for E5), padded to
-        # the largest member's count. Groups are ordered by (member, pair), so the gather of each group's entry has
-        # as gradient a sum over runs of equal entries (segment sums) instead of contended atomic adds.
-        g, members = plan.groups, len(self.datas)
-        pairs = int(g.pair.max()) + 1
-        member = g.seq // (len(tokens) // members)
-        code, order = torch.sort(member * pairs + g.pair, stable=True)
-        plan.groups = replace(g, seq=g.seq[order], slot=g.slot[order], log_count=g.log_count[order], pair=g.pair[order])
-        runs, lengths = torch.unique_consecutive(code, return_counts=True)  # each member's pairs, in order
-        run_member = runs // pairs
-        per_member = torch.bincount(run_member, minlength=members)
-        width = int(per_member.max())
-        rank = torch.arange(len(runs), device=runs.device) - (torch.cumsum(per_member, 0) - per_member)[run_member]
-        padded = torch.zeros(members * width, dtype=torch.long, device=runs.device)
-        padded[run_member * width + rank] = runs % pairs  # member e's k-th pair (pair 0 in the padding)
-        head_pair = [hp.index_select(0, padded).view(members, width) for hp in g.head_pair]
-        slots = run_member * width + rank  # each run's entry in the (members, width) kernel
-        entry = slots.repeat_interleave(lengths)
-        member = run_member.repeat_interleave(lengths)
-        return plan, (head_pair, entry, slots, lengths, (member, *torch.unique_consecutive(member, return_counts=True)))
-
-    def batch(self, step: int):
-        if self.fixed is not None:
-            return self.fixed
-        return self._plan(torch.cat([data.tokens(step) for data in self.datas]))
-
-    def losses(self, stacked: nn.Module, batch) -> torch.Tensor:
-        plan, (head_pair, entry, slots, lengths, member) = batch
-        state = {
-            f"module.{k}": v for k, v in (dict(stacked.named_parameters()) | dict(stacked.named_buffers())).items()
-        }
-        kernel = vmap(lambda s, hp: functional_call(self.pair_kernel, s, (plan, hp)))(state, head_pair)  # (E, width)
-        k = SortedGather.apply(kernel.reshape(-1), entry, slots, lengths)
-        a = SortedGather.apply(stacked.a, *member)  # each group's member's a
-        y = self.template.classify(plan.groups, k, a, len(plan.labels))
-        return target_losses(y, plan.labels, self.cfg.train.loss).view(len(self.datas), -1).mean(1)
-
-
-class SortedGather(torch.autograd.Function):
-    """source[index] for a sorted index; the gradient sums each run of equal indices (``runs`` with ``lengths``) as
-    differences of one float64 prefix sum, where index_select's own backward adds with atomics that collide on
-    repeated indices (70% of an E5 step of 256 members on an H100), and torch.segment_reduce spends a thread block
-    on each of millions of short runs."""
-
-    @staticmethod
-    def forward(ctx, source: torch.Tensor, index: torch.Tensor, runs: torch.Tensor, lengths: torch.Tensor):
-        ctx.save_for_backward(runs, lengths)
-        ctx.size = len(source)
-        return source.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        runs, lengths = ctx.saved_tensors
-        total = torch.cumsum(grad, 0, dtype=torch.float64)[torch.cumsum(lengths, 0) - 1]
-        out = grad.new_zeros(ctx.size)
-        out[runs] = torch.diff(total, prepend=total.new_zeros(1)).to(grad.dtype)
-        return out, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,15 +77,15 @@ class Member:
 class Ensemble:
     """Members (one solo experiment per seed, each with its run directory) trained together."""
 
-    def __init__(self, members: list[Member], out: Path, optimizer: Callable[[nn.Module], object]):
+    def __init__(self, members: list[Member], out: Path, task: Task):
         self.members, self.out = members, Path(out)
         experiments = [m.experiment for m in members]
         first = experiments[0]
         self.cfg = first.cfg
         self.steps, self.probe_steps, self.checkpoint_steps = first.schedule()
         self.stacked = stack_modules([x.model for x in experiments])
-        self.family = InductionStep(experiments) if self.cfg.task == "induction" else TopicStep(experiments)
-        self.optimizer = optimizer(self.stacked)
+        self.family = task.stacked_step(experiments)
+        self.optimizer = task.make_optimizer(self.cfg)(self.stacked)
         self.trained = [p for p in self.stacked.parameters() if p.requires_grad]
         device = self.trained[0].device
         n = len(members)
@@ -383,7 +226,3 @@ class Ensemble:
             m.run.write_summary(summary)
             summaries.append(summary)
         return summaries
-
-
-def write_group(out: Path, payload: dict) -> None:
-    atomic_write(Path(out) / "group.json", json.dumps(payload, indent=2))

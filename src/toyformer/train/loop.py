@@ -16,8 +16,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from toyformer.data.batch import Batch
+from toyformer.config import ConfigError
 from toyformer.runs import Run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: no CUDA device is visible here; use --device cpu")
+    return torch.device(name)
 
 
 def log_schedule(total: int, count: int) -> list[int]:
@@ -30,8 +36,8 @@ def log_schedule(total: int, count: int) -> list[int]:
 class Loop:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    batch: Callable[[int], Batch]
-    loss: Callable[[torch.nn.Module, Batch], torch.Tensor]
+    batch: Callable[[int], object]
+    loss: Callable[[torch.nn.Module, object], torch.Tensor]
     probe: Callable[[int, float], dict]  # (step, mean train loss since the last probe) → metrics record
     steps: int
     probe_steps: list[int]

@@ -1,7 +1,8 @@
 """Several seeds of one recipe: one member run per seed under a group directory, claims and metrics aggregated.
 
 By default the members train together in one process as a stacked ensemble (``toyformer.train.ensemble``);
-``sequential`` runs them one after another instead (any task, one process each in turn). The group's summary.json
+``sequential`` runs them one after another instead (any task, in this process, one at a time). The family comes in
+as a ``Task`` (``toyformer.task``), looked up in the registry by the caller. The group's summary.json
 reports each claim as the share of seeds for which it held (it holds for the group when the share reaches the
 claim's ``min_share``), each numeric final metric as mean, standard deviation, range and a 95% interval of the mean
 (over the members that did not diverge), and each text one (the selected subset) as counts per value; figures/
@@ -14,43 +15,60 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toyformer.claims import by_kind
-from toyformer.config import ConfigError, ExperimentConfig, validate
+from toyformer.config import ConfigError, RunConfig, validate_as
 from toyformer.runs import Run, atomic_write, default_dir
+from toyformer.task import Task
+from toyformer.train.ensemble import STATE, Ensemble, Member
+from toyformer.train.figures import write_group_figures
+from toyformer.train.loop import train
+
+GROUP = "group.json"  # the group's seeds, its config and whether it is stacked; written before any member
+
+# (member config) → a context that yields the member's on_step(step, record) (a progress bar), or None
+MemberProgress = Callable[[RunConfig], AbstractContextManager[Callable | None]]
 
 
-def build_experiment(cfg):
-    """The experiment object of a config's task, fully built (so every error comes before a directory exists)."""
-    if cfg.task == "induction":
-        from toyformer.train.induction import build
-
-        return build(cfg)
-    from toyformer.train.topic import TopicExperiment
-
-    return TopicExperiment(cfg)
+def _no_progress(cfg: RunConfig) -> AbstractContextManager[None]:
+    return nullcontext()
 
 
-def build_optimizer(cfg) -> Callable:
-    """The optimizer a task's solo run uses, as a function of the module it will move (the stacked one here)."""
-    if cfg.task == "induction":
-        from toyformer.train.induction import StagedOptimizer
+@dataclass
+class Group:
+    """A group directory's group.json, read once."""
 
-        return lambda module: StagedOptimizer(module, cfg.train.stages)
-    from toyformer.train.topic import build_optimizer
+    seeds: list[int]
+    config: dict[str, Any]  # the group's config as written (its task picks the class)
+    stacked: bool
 
-    return lambda module: build_optimizer(cfg, module)
+    @classmethod
+    def read(cls, out: Path) -> Group:
+        path = Path(out) / GROUP
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            seeds, config = [int(s) for s in raw["seeds"]], dict(raw["config"])
+            return cls(seeds=seeds, config=config, stacked=bool(raw.get("stacked", False)))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); the group directory is damaged") from None
+
+    def write(self, out: Path) -> None:
+        payload = {"seeds": self.seeds, "config": self.config, "stacked": self.stacked}
+        atomic_write(Path(out) / GROUP, json.dumps(payload, indent=2))
 
 
-def member_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+def member_config(cfg: RunConfig, seed: int) -> RunConfig:
     """The config of one member of a group: the group's, at its own seed."""
     raw = cfg.model_dump(mode="json", exclude_none=True)
     raw.pop("seeds", None)
-    return validate(raw | {"seed": seed})
+    return validate_as(type(cfg), raw | {"seed": seed})
 
 
-def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
+def aggregate(cfg: RunConfig, summaries: list[dict]) -> dict:
     final: dict[str, dict] = {}
     diverged = [s["seed"] for s in summaries if "diverged_at_step" in s]
     kept = [s for s in summaries if "diverged_at_step" not in s] or summaries
@@ -95,77 +113,52 @@ def aggregate(cfg: ExperimentConfig, summaries: list[dict]) -> dict:
 
 
 def run_seeds(
-    cfg: ExperimentConfig,
+    cfg: RunConfig,
+    task: Task,
     seeds: list[int],
     out: Path | None,
-    train: Callable,
     sequential: bool = False,
     on_step: Callable | None = None,
+    progress: MemberProgress = _no_progress,
     figures: bool = True,
 ) -> Path:
-    """Train every seed and write the group summary; returns the group directory. Stacked by default; with
-    ``sequential``, ``train(cfg, out)`` trains one member at a time. ``on_step(step, records)`` follows a stacked run.
-    """
+    """Train every seed and write the group summary; returns the group directory. Stacked by default
+    (``on_step(step, records)`` follows the ensemble); with ``sequential``, one member after another (``progress``
+    gives each its own progress)."""
     out = Path(out) if out is not None else default_dir(cfg, "seeds")
-    raw = cfg.model_dump(mode="json", exclude_none=True) | {"seeds": seeds}
-    group = {"seeds": seeds, "config": raw, "stacked": not sequential}
+    group = Group(seeds, cfg.model_dump(mode="json", exclude_none=True) | {"seeds": seeds}, stacked=not sequential)
     if sequential:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "group.json", json.dumps(group, indent=2))
-        return _finish(out, cfg, seeds, train)
-    from toyformer.train.ensemble import Ensemble, Member
-
-    experiments = [build_experiment(member_config(cfg, seed)) for seed in seeds]  # every error before a directory
+        group.write(out)
+        return _finish_sequential(out, cfg, task, seeds, progress)
+    experiments = [task.build(member_config(cfg, seed)) for seed in seeds]  # every error before a directory
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "group.json", json.dumps(group, indent=2))
+    group.write(out)
     members = [Member(s, x, Run.create(x.cfg, out / f"seed-{s}")) for s, x in zip(seeds, experiments, strict=True)]
-    ensemble = Ensemble(members, out, build_optimizer(cfg))
+    ensemble = Ensemble(members, out, task)
     ensemble.train(0, on_step)
-    return _finish_stacked(out, cfg, ensemble, figures)
+    return _finish_stacked(out, cfg, task, ensemble, figures)
 
 
-def _finish_stacked(out: Path, cfg: ExperimentConfig, ensemble, figures: bool) -> Path:
-    summaries = ensemble.finish()
-    return _write_group(out, cfg, [m.run for m in ensemble.members], summaries, figures)
-
-
-def _write_group(out: Path, cfg: ExperimentConfig, runs: list[Run], summaries: list[dict], figures: bool) -> Path:
-    """The group's figures (when asked) and its summary.json, written last: it marks the group complete."""
-    from toyformer.report.ensemble import write_group_figures
-
-    if figures:
-        write_group_figures(out, cfg, runs)
-    atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
-    return out
-
-
-def _finish(out: Path, cfg: ExperimentConfig, seeds: list[int], train: Callable) -> Path:
-    summaries = []
-    for seed in seeds:
-        path = out / f"seed-{seed}"
-        if not (path / "summary.json").is_file():
-            if (path / "config.toml").is_file():
-                train(Run.open(path).config(), None, resume=Run.open(path))
-            else:
-                train(member_config(cfg, seed), path)
-        summaries.append(Run(path).summary())
-    return _write_group(out, cfg, [Run(out / f"seed-{seed}") for seed in seeds], summaries, figures=True)
-
-
-def resume_seeds(out: Path, train: Callable, on_step: Callable | None = None) -> Path:
-    group = json.loads((out / "group.json").read_text())
-    cfg = validate(group["config"])
-    if not group.get("stacked"):
-        return _finish(out, cfg, group["seeds"], train)
-    from toyformer.train.ensemble import STATE, Ensemble, Member
-
+def resume_seeds(
+    out: Path,
+    group: Group,
+    cfg: RunConfig,
+    task: Task,
+    on_step: Callable | None = None,
+    progress: MemberProgress = _no_progress,
+) -> Path:
+    """Finish a group that was interrupted: the members that have no summary yet (sequential), or the ensemble from
+    its last state (stacked). ``cfg`` is ``group.config`` validated by the caller's registry."""
+    if not group.stacked:
+        return _finish_sequential(out, cfg, task, group.seeds, progress)
     members = []
-    for seed in group["seeds"]:
+    for seed in group.seeds:
         run = Run.open(out / f"seed-{seed}")
-        members.append(Member(seed, build_experiment(run.config()), run))
-    ensemble = Ensemble(members, out, build_optimizer(cfg))
+        members.append(Member(seed, task.build(validate_as(type(cfg), run.raw_config())), run))
+    ensemble = Ensemble(members, out, task)
     if (out / STATE).is_file():
         start = ensemble.restore()
     else:  # killed before the group's first state: nothing was trained, so start over in place
@@ -173,4 +166,30 @@ def resume_seeds(out: Path, train: Callable, on_step: Callable | None = None) ->
         for m in members:
             m.run.truncate_metrics(0)
     ensemble.train(start, on_step)
-    return _finish_stacked(out, cfg, ensemble, figures=True)
+    return _finish_stacked(out, cfg, task, ensemble, figures=True)
+
+
+def _finish_stacked(out: Path, cfg: RunConfig, task: Task, ensemble: Ensemble, figures: bool) -> Path:
+    summaries = ensemble.finish()
+    return _write_group(out, cfg, task, [m.run for m in ensemble.members], summaries, figures)
+
+
+def _finish_sequential(out: Path, cfg: RunConfig, task: Task, seeds: list[int], progress: MemberProgress) -> Path:
+    summaries = []
+    for seed in seeds:
+        path = out / f"seed-{seed}"
+        if not (path / "summary.json").is_file():
+            resume = Run.open(path) if (path / "config.toml").is_file() else None
+            member = member_config(cfg, seed) if resume is None else validate_as(type(cfg), resume.raw_config())
+            with progress(member) as on_step:
+                train(task.build(member), path, on_step, resume)
+        summaries.append(Run(path).summary())
+    return _write_group(out, cfg, task, [Run(out / f"seed-{seed}") for seed in seeds], summaries, figures=True)
+
+
+def _write_group(out: Path, cfg: RunConfig, task: Task, runs: list[Run], summaries: list[dict], figures: bool) -> Path:
+    """The group's figures (when asked) and its summary.json, written last: it marks the group complete."""
+    if figures:
+        write_group_figures(out, cfg, runs, task.group_panels)
+    atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
+    return out

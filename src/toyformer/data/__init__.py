@@ -1,1 +1,0 @@
-"""Generators of data with known structure."""

@@ -1,0 +1,215 @@
+"""TF(M, H, d, D), the two-attention-layer model of paper 2 (spec §2), and its full variant.
+
+For one-hot inputs x_1..x_L and an all-zero placeholder at the query position τ (L+1 in the paper):
+    copier    u_i^(h) = Σ_j softmax_j(w^(h)[i−j]) x_j over the offsets i−j in head h's window (nothing else);
+              û^(h) = u^(h) / (‖u^(h)‖ + ε)  (or a shared LayerNorm)
+    selector  K(i, τ) = Σ_{S ⊆ [H], 1 ≤ |S| ≤ D} p_S ∏_{k∈S} ⟨û_τ^(k), û_i^(k)⟩,   p_S = c_S² / Σ_S' c_S'²
+    classifier y = Σ_{i<τ} softmax_i(a · K(i, τ)) x_i ∈ Δ_d   (the predicted distribution; no unembedding)
+The full variant adds content logits x_iᵀ Q_h K_hᵀ x_j and offset 0 to every head's band, a value-output matrix
+OV_h per head and a shared LayerNorm instead of the L2 normalisation.
+
+The selector's tensor-product features are never built: only their kernel is needed, and only subsets with
+|S| ≤ D are enumerated. Subsets holding the raw token x_i contribute 0 at the placeholder query, so they are left out.
+
+The fast path reads a plan of the data's distinct windows (``toyformer.induction.plan``). ``reference_predict``
+is the literal model (banded attention over whole sequences, one target at a time) that the fast path is tested
+against.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toyformer.induction.config import GIHModelConfig
+from toyformer.induction.plan import Groups, Plan, scored_positions
+
+EPS_L2 = 1e-6
+MASKED = -1e9  # finite, so a row without admissible keys gives u = 0 instead of NaN
+# The losing c_S decay towards 0 and their shares pass through subnormal floats, where CPU arithmetic is many times
+# slower, in every (pair × subset) product of the kernel. A share this small moves no float32 sum of O(1) terms, so it
+# is dropped exactly. (Flushing subnormals with the CPU's flush-to-zero mode instead made results depend on the
+# process's history: the mode is per thread, and OpenMP workers created before it was set never had it.)
+SHARE_FLOOR = 1e-30
+
+
+def subsets(heads: int, degree: int) -> list[tuple[int, ...]]:
+    """Head subsets S with 1 ≤ |S| ≤ D, 0-based head indices, in order of size then lexicographic."""
+    return [s for r in range(1, degree + 1) for s in itertools.combinations(range(heads), r)]
+
+
+def bits(subset: tuple[int, ...], heads: int) -> str:
+    """(0, 1) with H = 3 → "110": character k is 1 when head k+1 is in S."""
+    return "".join("1" if k in subset else "0" for k in range(heads))
+
+
+def head_windows(cfg: GIHModelConfig) -> torch.Tensor:
+    """(H, span+1) bool: the offsets o = 0..span inside head h's band."""
+    span = cfg.offsets()[-1]
+    mask = torch.zeros(cfg.heads, span + 1, dtype=torch.bool)
+    for h in range(cfg.heads):
+        lo, hi = (h + 1, h + cfg.heads) if cfg.layout == "code" else (1, cfg.window)
+        mask[h, lo : hi + 1] = True
+        if cfg.variant == "full":
+            mask[h, 0] = True
+    return mask
+
+
+class GIHTransformer(nn.Module):
+    """Parameters: ``w`` (H, span+1) RPE weights (read only inside each head's band), ``c`` one per subset, ``a``;
+    full variant: ``W_Q``, ``W_K``, ``W_OV`` (H, d, d) and the LayerNorm's ``ln_weight``, ``ln_bias`` (d)."""
+
+    def __init__(self, cfg: GIHModelConfig, d: int):
+        super().__init__()
+        self.cfg, self.d = cfg, d
+        self.register_buffer("band", head_windows(cfg), persistent=False)
+        self.span = self.band.shape[1] - 1
+        w = torch.full((cfg.heads, self.span + 1), cfg.w_minus)
+        w[torch.arange(cfg.heads), torch.arange(1, cfg.heads + 1)] = cfg.w_plus  # head h peaks at offset h
+        self.w = nn.Parameter(w.masked_fill(~self.band, 0.0))
+        self.subsets = subsets(cfg.heads, cfg.degree)
+        self.names = [bits(s, cfg.heads) for s in self.subsets]
+        self.c = nn.Parameter(torch.full((len(self.subsets),), cfg.c_init))
+        self.a = nn.Parameter(torch.tensor(cfg.a_init))
+        self.full = cfg.variant == "full"
+        self.layernorm = cfg.head_norm == "layernorm"
+        if self.full:
+            eye = cfg.matrix_init * torch.eye(d).expand(cfg.heads, d, d)
+            self.W_Q, self.W_K, self.W_OV = (nn.Parameter(eye.clone()) for _ in range(3))
+        if self.layernorm:
+            self.ln_weight, self.ln_bias = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+
+    GROUP_OF = {
+        "w": "w",
+        "c": "c",
+        "a": "a",
+        "W_Q": "qk",
+        "W_K": "qk",
+        "W_OV": "ov",
+        "ln_weight": "norm",
+        "ln_bias": "norm",
+    }
+
+    def group_params(self, groups: list[str]) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if self.GROUP_OF[name] in groups]
+
+    def subset_share(self) -> torch.Tensor:
+        """p_S = c_S² / Σ c² over the subsets (in ``self.names`` order); a share below SHARE_FLOOR is exactly 0."""
+        sq = self.c**2
+        share = sq / sq.sum()
+        return share.masked_fill(share < SHARE_FLOOR, 0.0)
+
+    # -- layer 1: the copier, on windows ---------------------------------------------------------------------------
+    def copier(self, windows: torch.Tensor, attention: bool = False) -> torch.Tensor:
+        """Normalised head outputs û (N, H, d) of windows (N, span+1): windows[n, o] is the token at offset o
+        (d: before the start, d+1: the placeholder). With ``attention``, the (N, H, span+1) copy weights instead."""
+        onehot = F.one_hot(windows, self.d + 2)[..., : self.d].to(self.w.dtype)  # (N, span+1, d); 0 for d, d+1
+        allowed = self.band[None] & (windows != self.d)[:, None, :]  # (N, H, span+1)
+        logits = self.w.expand(len(windows), -1, -1)
+        if self.full:  # content logits x_iᵀ Q_h K_hᵀ x_j, with x_i the token at offset 0
+            qk = torch.einsum("hde,hfe->hdf", self.W_Q, self.W_K)  # (H, d, d)
+            logits = logits + torch.einsum("nd,hdf,nof->nho", onehot[:, 0], qk, onehot)
+        weights = torch.softmax(logits.masked_fill(~allowed, MASKED), dim=-1) * allowed  # no key at all: u = 0
+        if attention:
+            return weights
+        u = torch.einsum("nho,nod->nhd", weights, onehot)
+        if self.full:
+            u = torch.einsum("hde,nhe->nhd", self.W_OV, u)
+        if self.layernorm:
+            return F.layer_norm(u, (self.d,), self.ln_weight, self.ln_bias)
+        return u / (u.norm(dim=-1, keepdim=True) + EPS_L2)
+
+    # -- layer 2: selector kernel and classifier ---------------------------------------------------------------------
+    def kernel(self, inner: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """K = Σ_S p_S ∏_{k∈S} inner[k] from per-head inner products ``inner`` (H, ...) or a list of H tensors."""
+        p = self.subset_share()
+        out = torch.zeros_like(inner[0])
+        for i, s in enumerate(self.subsets):  # a handful of subsets; vectorised over everything else
+            term = inner[s[0]]
+            for k in s[1:]:
+                term = term * inner[k]
+            out = out + p[i] * term
+        return out
+
+    def forward(self, plan: Plan) -> torch.Tensor:
+        """Predicted distributions (B, targets, d) for the sequences of ``plan``."""
+        if plan.groups is not None:  # K for each distinct (query window, key window) pair, then per group
+            k = self.pair_kernel(plan).index_select(0, plan.groups.pair)
+            return self.classify(plan.groups, k, self.a, len(plan.labels))
+        keys, queries = self.copier(plan.keys), self.copier(plan.queries)  # (n_k, H, d), (n_q, H, d)
+        if plan.table:
+            table = self.kernel(torch.einsum("qhd,khd->hqk", queries, keys)).reshape(-1)
+            flat = plan.query_index[:, :, None] * len(plan.keys) + plan.key_index[:, None, :]
+            k = table.index_select(0, flat.reshape(-1)).view(flat.shape)  # (B, targets, L)
+        else:
+            k = self.kernel(torch.einsum("btHd,blHd->Hbtl", queries[plan.query_index], keys[plan.key_index]))
+        logits = self.a * k
+        if plan.visible is not None:
+            logits = logits.masked_fill(~plan.visible, float("-inf"))
+        return torch.einsum("btl,bld->btd", torch.softmax(logits, dim=-1), plan.onehot)
+
+    def pair_kernel(self, plan: Plan, head_pair: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(P,) the kernel K of every distinct (query window, key window) pair of a grouped plan: head h's inner
+        products come from a table over its own distinct band contents, read at ``head_pair[h]`` (default: the
+        plan's own). This depends on the data only through the windows, so an ensemble computes it for every
+        member on one shared plan, each member at its own pairs."""
+        keys, queries, g = self.copier(plan.keys), self.copier(plan.queries), plan.groups
+        head_pair = g.head_pair if head_pair is None else head_pair
+        inner = [  # per head, (P,); a list, not a stacked tensor, so the backward builds no (H, P) zeros per term
+            (queries[g.query_rep[h], h] @ keys[g.key_rep[h], h].T).reshape(-1).index_select(0, head_pair[h])
+            for h in range(self.cfg.heads)
+        ]
+        return self.kernel(inner)
+
+    def classify(self, groups: Groups, k: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
+        """The classifier over (sequence, distinct key window) groups, (batch, 1, d): a group of n equal windows is
+        one key with weight n, so a softmax over L positions becomes a weighted softmax over a sequence's distinct
+        windows. ``k`` (E,) is each group's kernel value and ``a`` the scale: one, or one per group (an ensemble)."""
+        logits = a * k + groups.log_count  # (E,)
+        if self.full or self.layernorm:  # the largest logit of each sequence
+            shift = k.new_zeros(batch).scatter_reduce(0, groups.seq, logits.detach(), "amax", include_self=False)
+            logits = logits - shift.index_select(0, groups.seq)
+        else:  # L2-normalised copies of one-hot tokens are non-negative: 0 <= K <= 1, so a·K <= max(a, 0)
+            logits = logits - a.detach().clamp_min(0)
+        per_token = k.new_zeros(batch * self.d).index_add(0, groups.slot, logits.exp()).view(batch, self.d)
+        return (per_token / per_token.sum(1, keepdim=True))[:, None, :]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The literal model: the reference the fast path is tested against
+
+
+def reference_predict(model: GIHTransformer, tokens: torch.Tensor, targets: str = "last") -> torch.Tensor:
+    """(B, T, d) predictions computed as written: for each target τ, the sequence x_1..x_{τ−1} and the placeholder,
+    banded attention over whole sequences, the kernel per position. Slow (a loop over targets); for tests."""
+    d, cfg = model.d, model.cfg
+    length = tokens.shape[1] - 1
+    out = []
+    for tau in scored_positions(length, targets).tolist():
+        x = F.one_hot(tokens[:, : tau + 1], d).to(model.w.dtype)
+        x[:, tau] = 0.0  # the placeholder
+        n = tau + 1
+        offset = torch.arange(n)[:, None] - torch.arange(n)[None, :]  # i − j
+        inside = (offset >= 0) & (offset <= model.span)
+        heads = []
+        for h in range(cfg.heads):
+            band = inside & model.band[h][offset.clamp(0, model.span)]
+            logits = torch.where(band, model.w[h][offset.clamp(0, model.span)], float("-inf")).expand(len(x), n, n)
+            if model.full:
+                logits = logits + x @ model.W_Q[h] @ model.W_K[h].T @ x.transpose(1, 2)
+            attn = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row without admissible keys copies nothing
+            u = attn @ x
+            if model.full:
+                u = u @ model.W_OV[h].T
+            if model.layernorm:
+                u = F.layer_norm(u, (d,), model.ln_weight, model.ln_bias)
+            else:
+                u = u / (u.norm(dim=-1, keepdim=True) + EPS_L2)
+            heads.append(u)
+        inner = torch.stack([(u[:, :tau] * u[:, tau : tau + 1]).sum(-1) for u in heads])  # (H, B, τ)
+        weights = torch.softmax(model.a * model.kernel(inner), dim=-1)
+        out.append(torch.einsum("bl,bld->bd", weights, x[:, :tau]))
+    return torch.stack(out, dim=1)

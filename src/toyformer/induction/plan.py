@@ -1,0 +1,156 @@
+"""Plans: what TF(M, H, d, D) reads of a set of chains, computed once per dataset.
+
+Fast path. Head h's output at position i depends only on the window (x_i, x_{i−1}, …, x_{i−span}): its tokens, and
+which of them lie before the start. A fixed dataset has few distinct windows (d = 3, span 5: at most 4^5·3 key
+windows; E5's 900,000 positions have about 1,100), so the copier runs on the distinct windows only. With last-token
+targets the kernel is computed once per distinct (query window, key window) pair, from per-head tables over the
+distinct contents of each head's band, and the classifier's softmax runs over each sequence's distinct key windows
+weighted by their counts. The gradient flows back through these gathers into the small tables. With all-position
+targets K is read from a dense (query window × key window) table; where that table would be too large, every
+position reads its own window's head outputs. ``toyformer.induction.model.reference_predict`` is the literal model
+that the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TABLE_LIMIT = 1 << 22  # largest (query window × key window) table of the fast path
+
+
+@dataclass
+class Groups:
+    """Last-token targets: the keys of each sequence grouped by distinct window (E groups in all)."""
+
+    seq: torch.Tensor  # (E,) the sequence of each group
+    slot: torch.Tensor  # (E,) seq·d + the key's token (offset 0 of the window)
+    log_count: torch.Tensor  # (E,) log of how many keys of the sequence have this window
+    pair: torch.Tensor  # (E,) the group's (query window, key window) pair, among the P distinct pairs
+    query_rep: list[torch.Tensor]  # per head: a query window for each distinct content of the head's band
+    key_rep: list[torch.Tensor]  # per head: the same for key windows
+    head_pair: list[torch.Tensor]  # per head, (P,): each pair's entry in the head's (query rep × key rep) table
+
+
+@dataclass
+class Plan:
+    """What the model reads of a set of sequences: distinct windows and, per sequence, where its keys and queries
+    are in them. ``flat`` (table mode, whole set) is the precomputed index into the (query × key) table."""
+
+    keys: torch.Tensor  # (n_k, span+1) distinct key windows
+    queries: torch.Tensor  # (n_q, span+1) distinct query windows (offset 0 is the placeholder)
+    key_index: torch.Tensor  # (B, L) window of each key position
+    query_index: torch.Tensor  # (B, T) window of each target's query
+    onehot: torch.Tensor  # (B, L, d) the keys' tokens
+    labels: torch.Tensor  # (B, T) the targets
+    visible: torch.Tensor | None  # (T, L) key i visible from target τ (i < τ); None when every key is
+    table: bool
+    groups: Groups | None
+
+
+def scored_positions(length: int, targets: str) -> torch.Tensor:
+    """0-based positions τ of the scored tokens in a (B, L+1) sequence: L (the paper's x_{L+1}) or 1..L."""
+    return torch.tensor([length]) if targets == "last" else torch.arange(1, length + 1)
+
+
+def key_windows(tokens: torch.Tensor, span: int, d: int) -> torch.Tensor:
+    """(B, T, span+1): window[b, i, o] = tokens[b, i−o], or d where i−o < 0."""
+    padded = F.pad(tokens, (span, 0), value=d)
+    return padded.unfold(1, span + 1, 1).flip(-1)
+
+
+def _distinct(windows: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of (..., span+1) windows and the index of each row among them."""
+    flat = windows.reshape(-1, windows.shape[-1])
+    if windows.shape[-1] * base.bit_length() <= 62:  # code each window as an integer: a 1-D unique is fast
+        code = (flat * base ** torch.arange(flat.shape[1], device=flat.device)).sum(1)  # no integer matmul on CUDA
+        codes, inverse = torch.unique(code, return_inverse=True)
+        distinct = (codes[:, None] // base ** torch.arange(flat.shape[1], device=flat.device)) % base
+    else:
+        distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    return distinct, inverse.view(windows.shape[:-1])
+
+
+def make_plan(
+    tokens: torch.Tensor,
+    band: torch.Tensor,
+    d: int,
+    targets: str = "last",
+    fast: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Plan:
+    """The plan of sequences ``tokens`` (B, L+1) (inputs x_1..x_L and the token(s) to predict) for a model whose
+    heads read the offsets ``band`` (H, span+1) and compute in ``dtype``."""
+    span = band.shape[1] - 1
+    length = tokens.shape[1] - 1
+    inputs = tokens[:, :length]
+    taus = scored_positions(length, targets).to(tokens.device)
+    keys = key_windows(inputs, span, d)  # (B, L, span+1)
+    # The query at τ sees the placeholder at offset 0 and x_{τ−o} at offset o: the key window of τ−1, shifted.
+    before = key_windows(tokens, span, d)[:, taus - 1, :span]  # (B, T, span)
+    queries = torch.cat([torch.full_like(before[..., :1], d + 1), before], dim=-1)
+    if fast:
+        key_set, key_index = _distinct(keys, d + 2)
+        query_set, query_index = _distinct(queries, d + 2)
+    else:  # every window its own entry: the per-position path, no sharing
+        key_set, query_set = keys.reshape(-1, span + 1), queries.reshape(-1, span + 1)
+        key_index = torch.arange(len(key_set), device=tokens.device).view(keys.shape[:2])
+        query_index = torch.arange(len(query_set), device=tokens.device).view(queries.shape[:2])
+    table = fast and len(key_set) * len(query_set) <= TABLE_LIMIT
+    visible = None
+    if targets == "all":
+        visible = torch.arange(length, device=tokens.device)[None, :] < taus[:, None]
+    last = table and targets == "last"
+    groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype) if last else None
+    return Plan(
+        keys=key_set,
+        queries=query_set,
+        key_index=key_index,
+        query_index=query_index,
+        onehot=F.one_hot(inputs, d).to(dtype),
+        labels=tokens[:, taus],
+        visible=visible,
+        table=table,
+        groups=groups,
+    )
+
+
+def _groups(
+    key_index: torch.Tensor,
+    query_index: torch.Tensor,
+    key_set: torch.Tensor,
+    query_set: torch.Tensor,
+    band: torch.Tensor,
+    d: int,
+    dtype: torch.dtype,
+) -> Groups:
+    n_keys = len(key_set)
+    slot = torch.arange(len(key_index), device=key_index.device)[:, None] * n_keys + key_index
+    distinct, count = torch.unique(slot, return_counts=True)
+    seq, key = distinct // n_keys, distinct % n_keys
+    pairs, pair = torch.unique(query_index[seq] * n_keys + key, return_inverse=True)
+    query_rep, key_rep, head_pair = [], [], []
+    for h in range(band.shape[0]):  # a head reads only its band: far fewer distinct contents than windows
+        q_content, q_of = _distinct(query_set[:, band[h]], d + 2)
+        k_content, k_of = _distinct(key_set[:, band[h]], d + 2)
+        query_rep.append(_first(q_of, len(q_content)))
+        key_rep.append(_first(k_of, len(k_content)))
+        head_pair.append(q_of[pairs // n_keys] * len(k_content) + k_of[pairs % n_keys])
+    return Groups(
+        seq=seq,
+        slot=seq * d + key_set[key, 0],
+        log_count=count.double().log().to(dtype),
+        pair=pair,
+        query_rep=query_rep,
+        key_rep=key_rep,
+        head_pair=head_pair,
+    )
+
+
+def _first(inverse: torch.Tensor, n: int) -> torch.Tensor:
+    """For each of ``n`` classes, one member index (the last one written wins; any member is fine)."""
+    return torch.zeros(n, dtype=torch.long, device=inverse.device).scatter_(
+        0, inverse, torch.arange(len(inverse), device=inverse.device)
+    )

@@ -1,0 +1,56 @@
+"""What the core needs of a model family, as one record per task: the config class, and where the family's training
+pieces live. The core (the loop, stacked ensembles, seed groups) is handed a ``Task`` and never imports a family;
+``toyformer.tasks`` is the registry that lists them.
+
+A family that trains provides, in its own modules:
+
+- ``experiment``: ``build(cfg)`` → the solo experiment of a config (``toyformer.train.loop.Experiment``), fully
+  built, so that every error comes before a run directory exists;
+- ``optimizer``: ``optimizer(cfg, module)`` → the optimizer of a solo run, applied to any module with the model's
+  parameters (a stacked ensemble passes its stacked module);
+- ``stacked``: a class built from the members' experiments with ``batch(step)`` and ``losses(stacked, batch)`` →
+  (members,) losses, each reaching only its own member's slice of the stacked parameters
+  (``toyformer.train.ensemble``).
+
+They are named as "module:attribute" and imported on first use, so that listing recipes or validating a config
+does not import torch and every model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from toyformer.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    config: type[RunConfig]
+    experiment: str | None = None  # None: the task trains nothing (the analysis of a pretrained model)
+    optimizer: str | None = None
+    stacked: str | None = None
+    group_panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra (title, metrics) panels of group figures
+
+    @property
+    def trains(self) -> bool:
+        return self.experiment is not None
+
+    def build(self, cfg: RunConfig) -> Any:
+        return _resolve(self.experiment)(cfg)
+
+    def make_optimizer(self, cfg: RunConfig):
+        """(module) → the optimizer a solo run of ``cfg`` uses, on that module's parameters."""
+        make = _resolve(self.optimizer)
+        return lambda module: make(cfg, module)
+
+    def stacked_step(self, experiments: list) -> Any:
+        return _resolve(self.stacked)(experiments)
+
+
+def _resolve(name: str | None) -> Any:
+    if name is None:
+        raise TypeError("this task trains nothing")
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)

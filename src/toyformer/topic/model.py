@@ -1,0 +1,240 @@
+"""The topic-structure model, spec §4: one-layer, one-head attention over a bag of words, with switches.
+
+For (corrupted) one-hot inputs x̃_j:
+    h_j = E x̃_j;   s_ij = (W^Q h_i)ᵀ(W^K h_j)/√d_head + key_bias_j;   α_ij = softmax_j(s_ij);
+    out_i = Σ_h W^O_h Σ_j α_ij (W^V_h h_j + b^V_h);   logits_i = W^U out_i (+ b^U)
+No positions. Switches add a residual stream, post-attention LayerNorm, a GELU FFN, more layers and heads.
+Weights follow the maths with TransformerLens shapes: W_E [n_ids, d_model], W_Q/W_K/W_V [n_heads, d_model, d_head],
+W_O [n_heads, d_head, d_model], W_U [d_model, n_ids]. "Uniform" attention is W^Q = W^K = 0 held fixed: it is
+computed as the key-weighted mean of the inputs, once per document, since every query then sees the same mixture.
+
+A sequence of length 1 stands for a sequence whose positions are all equal (what uniform attention without a
+residual produces); attention over it returns its value, whatever the key mask, which is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toyformer.topic.config import ModelConfig
+
+GROUP_OF = {
+    "W_E": "embedding",
+    "type_vector": "embedding",
+    "ln_embed": "norm",
+    "W_Q": "query",
+    "W_K": "key",
+    "W_V": "value",
+    "b_V": "value",
+    "W_O": "output",
+    "b_O": "output",
+    "W_U": "decoder",
+    "b_U": "decoder",
+    "ln": "norm",
+    "ffn": "ffn",
+}
+
+
+def param_group(name: str) -> str:
+    """The freeze/probe group of a parameter name ('blocks.0.attn.W_V' → 'value')."""
+    for part in reversed(name.split(".")):
+        if part in GROUP_OF:
+            return GROUP_OF[part]
+    raise KeyError(name)
+
+
+class Initializer:
+    """Fills weights by preset name from one seeded generator (spec §4: default, BERT, small, zero, identity, …)."""
+
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator, topic_block: torch.Tensor | None):
+        self.cfg, self.gen, self.topic_block = cfg, gen, topic_block
+
+    def __call__(self, shape: tuple[int, ...], how: str, fan_in: int) -> torch.Tensor:
+        if how == "default":  # PyTorch's nn.Linear default, as in the official code
+            bound = 1.0 / math.sqrt(fan_in)
+            return (torch.rand(shape, generator=self.gen) * 2 - 1) * bound
+        if how == "bert":
+            return torch.randn(shape, generator=self.gen) * 0.02
+        if how == "small":
+            w = torch.randn(shape, generator=self.gen) * self.cfg.init_scale
+            return w if self.cfg.init_centered else w.abs()
+        if how == "zero":
+            return torch.zeros(shape)
+        if how == "identity":
+            return torch.eye(shape[-1]).expand(shape).clone()
+        if how == "topic_block":
+            return self.topic_block.float().expand(shape).clone()
+        raise ValueError(how)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, d_model: int, d_head: int, init: Initializer):
+        super().__init__()
+        h = cfg.n_heads
+        self.uniform = cfg.attention == "uniform"
+        self.d_head = d_head
+        if not self.uniform:
+            self.W_Q = nn.Parameter(init((h, d_model, d_head), cfg.qk_init, d_model))
+            self.W_K = nn.Parameter(init((h, d_model, d_head), cfg.qk_init, d_model))
+        self.W_V = nn.Parameter(init((h, d_model, d_head), cfg.value_init, d_model))
+        self.b_V = nn.Parameter(torch.zeros(h, d_head), requires_grad=cfg.value_bias)
+        if cfg.output == "identity":
+            self.register_buffer("W_O", torch.eye(d_model).reshape(h, d_head, d_model))
+        else:
+            self.W_O = nn.Parameter(init((h, d_head, d_model), cfg.output_init, h * d_head))
+
+    def histogram(self, table: torch.Tensor | None, length: int) -> bool:
+        """Whether layer 0 mixes token ids (a V-sized histogram) instead of the inputs: then x = W_E[ids] is never
+        built. Cheaper while V·d_head <= L·d_model (small vocabularies: the synthetic topics)."""
+        return table is not None and length > 1 and table.shape[0] * self.d_head <= length * table.shape[1]
+
+    def through(self, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """W_E·W per head, (H, V, d_head)."""
+        return torch.einsum("vd,hde->hve", table, weight)
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor | None, ids) -> torch.Tensor:
+        """x·W per head, (B, H, L, d_head). On the embedding layer x = W_E[ids], so it is a gather from the small
+        table W_E·W (V × H × d_head) instead of a B·L·d·d_head product."""
+        if table is not None:
+            return (
+                F.embedding(ids, self.through(table, weight).transpose(0, 1).flatten(1))
+                .unflatten(-1, weight.shape[::2])
+                .transpose(1, 2)
+            )
+        return torch.einsum("bld,hde->bhle", x, weight)
+
+    def pattern(self, xq, x, key_bias, table=None, ids=None, qids=None) -> torch.Tensor:
+        """α, (B, H, Lq, L): Lq = 1 for uniform attention (the same row for every query)."""
+        if self.uniform:
+            return torch.softmax(key_bias, dim=-1)[:, None, None, :].expand(-1, self.W_V.shape[0], -1, -1)
+        q = self.project(xq, self.W_Q, table, qids)  # (B, H, Lq, d_head)
+        k = self.project(x, self.W_K, table, ids)  # (B, H, L, d_head)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head) + key_bias[:, None, None, :]
+        return torch.softmax(scores, dim=-1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_bias: torch.Tensor,
+        query_index: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
+    ):
+        """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
+        table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0); x may
+        then be None where ``histogram`` says it is not read."""
+        length = ids.shape[1] if x is None else x.shape[1]
+        if length == 1:
+            key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
+        xq, qids = x, ids
+        if query_index is not None and length > 1:
+            xq = None if x is None else x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
+            qids = None if ids is None else ids.gather(1, query_index)
+        pattern = self.pattern(xq, x, key_bias, table, ids, qids)
+        if self.histogram(table, length):
+            # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product.
+            bins = pattern.new_zeros(*pattern.shape[:-1], table.shape[0])
+            bins = bins.scatter_add(-1, ids[:, None, None, :].expand_as(pattern), pattern)
+            (v, d), rows = table.shape, bins.shape[0] * bins.shape[2]
+            if rows * d * (v + self.d_head) < v * self.d_head * (d + rows):  # ((α·ids)·W_E)·W^V is cheaper
+                z = torch.einsum("bhld,hde->bhle", bins @ table, self.W_V)
+            else:  # (α·ids)·(W_E·W^V)
+                z = bins @ self.through(table, self.W_V)[None]
+        else:
+            # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
+            z = torch.einsum("bhld,hde->bhle", pattern @ x[:, None], self.W_V)
+        z = z + self.b_V[None, :, None, :]
+        return torch.einsum("bhle,hed->bld", z, self.W_O), pattern
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, d_model: int, d_head: int, init: Initializer):
+        super().__init__()
+        self.residual = cfg.residual
+        self.attn = Attention(cfg, d_model, d_head, init)
+        self.ln = nn.ModuleList([nn.LayerNorm(d_model) for _ in range(2)]) if cfg.layer_norm else None
+        d_ffn = cfg.d_ffn or 4 * d_model
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.GELU(), nn.Linear(d_ffn, d_model)) if cfg.ffn else None
+        if self.ffn is not None:  # nn.Linear's own init, drawn from the run's init generator, not the global RNG
+            with torch.no_grad():
+                for layer in (self.ffn[0], self.ffn[2]):
+                    fan_in = layer.in_features
+                    layer.weight.copy_(init(tuple(layer.weight.shape), "default", fan_in))
+                    layer.bias.copy_(init(tuple(layer.bias.shape), "default", fan_in))
+
+    def _add(self, x: torch.Tensor, update: torch.Tensor, norm: int) -> torch.Tensor:
+        x = x + update if self.residual else update
+        return self.ln[norm](x) if self.ln is not None else x
+
+    def forward(self, x, key_bias, query_index=None, table=None, ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        update, pattern = self.attn(x, key_bias, query_index, table, ids)
+        if self.residual and query_index is not None and x.shape[1] > 1:
+            x = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
+        x = self._add(x, update, 0)
+        if self.ffn is not None:
+            x = self._add(x, self.ffn(x), 1)
+        return x, pattern
+
+
+class TopicTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_ids: int, gen: torch.Generator, topic_block: torch.Tensor | None = None):
+        super().__init__()
+        d_model = cfg.d_model or n_ids
+        d_head = cfg.d_head or d_model // cfg.n_heads
+        init = Initializer(cfg, gen, topic_block)
+        emb = torch.eye(n_ids) if cfg.embedding == "onehot" else init((n_ids, d_model), cfg.embedding_init, n_ids)
+        self.W_E = nn.Parameter(emb)
+        if cfg.embedding_norm:  # parity with the official BERT embedding: + token-type vector, then LayerNorm
+            self.type_vector = nn.Parameter(torch.zeros(d_model))
+            self.ln_embed = nn.LayerNorm(d_model)
+        self.blocks = nn.ModuleList([Block(cfg, d_model, d_head, init) for _ in range(cfg.n_layers)])
+        self.decoder = cfg.decoder
+        if cfg.decoder == "trained":
+            self.W_U = nn.Parameter(init((d_model, n_ids), "default", d_model))
+        self.b_U = nn.Parameter(torch.zeros(n_ids), requires_grad=cfg.decoder_bias)
+        for name, p in self.named_parameters():
+            if param_group(name) in cfg.freeze:
+                p.requires_grad_(False)
+
+    @property
+    def position_independent(self) -> bool:
+        """True when every position of a document gets the same output (uniform attention, no residual)."""
+        return all(b.attn.uniform and not b.residual for b in self.blocks)
+
+    def embedding_table(self) -> torch.Tensor:
+        """(n_ids, d_model): the input vector of every id (W_E, or LN(W_E + type vector) in parity mode)."""
+        if hasattr(self, "ln_embed"):
+            return self.ln_embed(self.W_E + self.type_vector)
+        return self.W_E
+
+    def unembed(self) -> torch.Tensor:
+        """W_U as a (d_model, n_ids) matrix, whatever the decoder switch."""
+        if self.decoder == "trained":
+            return self.W_U
+        if self.decoder == "tied":
+            return self.W_E.T
+        return torch.eye(self.W_E.shape[1], device=self.W_E.device)
+
+    def forward(
+        self, ids: torch.Tensor, key_bias: torch.Tensor, query_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """logits (B, Lq, n_ids) and each layer's pattern (B, H, Lq, L).
+
+        ids, key_bias: (B, L); query_index: (B, Lq) the positions whose logits are wanted (default all, Lq = L).
+        Lq is 1 when every position has the same output (uniform attention without a residual).
+        """
+        table = self.embedding_table()
+        first = self.blocks[0]
+        reads_inputs = first.residual or not first.attn.histogram(table, ids.shape[1])
+        x = F.embedding(ids, table) if reads_inputs else None  # (B, L, d_model)
+        patterns = []
+        for k, block in enumerate(self.blocks):
+            last = k == len(self.blocks) - 1
+            x, pattern = block(x, key_bias, query_index if last else None, table if k == 0 else None, ids)
+            patterns.append(pattern)
+        logits = x if self.decoder == "identity" else x @ self.unembed()
+        return logits + self.b_U, patterns

@@ -1,0 +1,194 @@
+"""What is measured on a topic model over training, spec §6. Each probe is a small object with one method,
+``measure(model) -> {name: number}``; all are vectorised (no loops over tokens or token pairs).
+
+Matrices are read in id space, whatever the width, with W_E the input vector of each id (``embedding_table``):
+the embedding Gram W_E W_Eᵀ; the OV circuit W_E W_V W_O W_U
+(in regime B this is W^V itself; in regime A with a tied decoder it is EEᵀ), composed over layers; the QK circuit
+W_E W_Q W_Kᵀ W_Eᵀ of layer 0. OV is summed over heads (the layer's total map), QK averaged over heads. Attention
+statistics are reported for layer 0 (``attn_*``) and for every later layer (``attn_*_layer1``, …).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toyformer.text.pairs import pair_classes
+from toyformer.topic.batch import Batch
+from toyformer.topic.config import PAD
+from toyformer.topic.lda import Documents
+from toyformer.topic.losses import model_loss
+from toyformer.topic.model import TopicTransformer, param_group
+from toyformer.topic.theory import block_effect, class_means
+
+
+def ov_circuit(model: TopicTransformer) -> torch.Tensor:
+    """W_E · Π_l (Σ_h W_V W_O)_l · W_U: the id → logit map of the all-attention path (regime B: W^V itself)."""
+    ov = model.embedding_table()
+    for block in model.blocks:
+        ov = ov @ torch.einsum("hde,hef->df", block.attn.W_V, block.attn.W_O)
+    return ov @ model.unembed()
+
+
+def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
+    attn = model.blocks[layer].attn
+    if attn.uniform:
+        return None
+    qk = torch.einsum("hde,hfe->df", attn.W_Q, attn.W_K) / attn.W_Q.shape[0]
+    table = model.embedding_table()
+    return table @ qk @ table.T
+
+
+class CircuitStructure:
+    """Block contrast of E, W^V (and its column Gram W^VᵀW^V), and W_QᵀW_K: class means over word pairs, and the
+    block effect (the contrast in within-class standard deviations) that claims read, whatever the scale."""
+
+    def __init__(self, classes: dict[str, torch.Tensor]):
+        self.classes = classes
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        ov = ov_circuit(model)
+        table = model.embedding_table()
+        out = self._read(table @ table.T, "emb")
+        unit = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        out |= class_means(unit @ unit.T, self.classes, "emb_cos")
+        out |= self._read(ov, "wv")
+        # W^VᵀW^V over inputs (inputs' value vectors are rows here), after removing what a trained bias absorbs:
+        # each output's mean over the input words. Without that, a shared offset swamps every class.
+        words = self.classes["same_word"].diagonal()
+        centred = ov - ov[words].mean(0, keepdim=True)
+        out |= self._read(centred @ centred.T, "wv_gram")
+        qk = qk_circuit(model)
+        if qk is not None:
+            out |= self._read(qk, "qk")
+        return out
+
+    def _read(self, matrix: torch.Tensor, prefix: str) -> dict[str, float]:
+        """Class means and the scale-free block effect of one word-pair matrix."""
+        return class_means(matrix, self.classes, prefix) | block_effect(matrix, self.classes, prefix)
+
+
+# the summary keys of these classes (attn_same_token, attn_empty), public before the classes got their shared names
+ATTENTION_KEYS = {
+    "same_word": "same_token",
+    "same_topic": "same_topic",
+    "diff_topic": "diff_topic",
+    "unassigned": "empty",
+}
+
+
+def attention_class_means(pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor) -> dict[str, float]:
+    """Mean attention per class of ordered token pairs (i, j), i = j included, each value scaled by n/100 (n = the
+    document's tokens, all of them keys on the uncorrupted documents this is meant for) so that uniform attention
+    reads 0.01.
+
+    pattern: (B, Lq, L) with Lq = L or 1 (every query alike); ids: (B, L) with PAD after the end;
+    id_topics: (V, T) bool. Classes as in ``toyformer.text.pairs``, a token with no topic (a special) in no pair of
+    one word with itself; keys as in ``ATTENTION_KEYS``.
+    """
+    b, n = ids.shape
+    pattern = pattern.expand(b, n, n)
+    valid = ids != PAD
+    z = id_topics[ids]  # (B, L, T)
+    has = z.any(-1)
+    scaled = pattern * (valid.sum(1).float()[:, None, None] / 100.0)
+    pair_ok = valid[:, :, None] & valid[:, None, :]
+    same = (ids[:, :, None] == ids[:, None, :]) & has[:, :, None] & has[:, None, :]
+    out = {}
+    for name, mask in pair_classes(z, z, same).items():
+        mask = mask & pair_ok
+        if mask.any():
+            out[f"attn_{ATTENTION_KEYS[name]}"] = float(scaled[mask].mean())
+    return out
+
+
+class AttentionClasses:
+    """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents."""
+
+    def __init__(self, docs: Documents, id_topics: torch.Tensor):
+        self.ids = docs.ids
+        self.id_topics = id_topics.to(docs.ids.device)
+        self.key_bias = torch.zeros(docs.ids.shape, device=docs.ids.device).masked_fill_(docs.ids == PAD, -torch.inf)
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        _, patterns = model(self.ids, self.key_bias)
+        out = {}
+        for layer, pattern in enumerate(patterns):
+            suffix = f"_layer{layer}" if layer else ""
+            means = attention_class_means(pattern.mean(1), self.ids, self.id_topics)
+            out |= {k + suffix: v for k, v in means.items()}
+        return out
+
+    @torch.no_grad()
+    def head_gap(self, model: TopicTransformer) -> dict[str, list[float]]:
+        """Layer → per-head same-topic minus different-topic attention (the summary's attn_head_gap)."""
+        _, patterns = model(self.ids, self.key_bias)
+        out = {}
+        for layer, pattern in enumerate(patterns):
+            gaps = []
+            for head in range(pattern.shape[1]):
+                m = attention_class_means(pattern[:, head], self.ids, self.id_topics)
+                gaps.append(m.get("attn_same_topic", float("nan")) - m.get("attn_diff_topic", float("nan")))
+            out[str(layer)] = gaps
+        return out
+
+
+class Norms:
+    """Per component: norm, distance from initialisation and (when a gradient is present) gradient norm."""
+
+    def __init__(self, init_state: dict[str, torch.Tensor]):
+        self.init_state = init_state
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            group = param_group(name)
+            parts = {"norm": p, "dist": p - self.init_state[name].to(p.device)}
+            if p.grad is not None:
+                parts["grad"] = p.grad
+            for kind, t in parts.items():
+                key = f"{kind}_{group}"
+                sums[key] = sums.get(key, 0.0) + float((t.double() ** 2).sum())
+        return {k: v**0.5 for k, v in sums.items()}
+
+
+class DevLoss:
+    """The loss on the fixed, corrupted dev split, in chunks so that explicit attention fits in memory."""
+
+    def __init__(self, dev: Batch, loss: str, chunk: int = 250):
+        self.dev, self.loss, self.chunk = dev, loss, chunk
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        total, weight = 0.0, 0.0
+        for start in range(0, len(self.dev), self.chunk):
+            part = self.dev.slice(start, start + self.chunk)
+            w = float(part.soft.sum() if part.soft is not None else part.weight.sum())
+            total += float(model_loss(model, part, self.loss)) * w
+            weight += w
+        return {"loss_dev": total / weight}
+
+
+def centred_words(m: torch.Tensor, classes: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The word×word block with each column's mean removed: what a trained bias leaves identified."""
+    words = classes["same_word"].diagonal()
+    block = m[words][:, words].double()
+    return block - block.mean(0, keepdim=True)
+
+
+class OptimumDistance:
+    """Relative distance of the learned OV circuit from the closed-form optimum, on identified (column-centred)
+    word blocks: ‖P(W − W*)‖ / ‖P W*‖."""
+
+    def __init__(self, optimum: torch.Tensor, classes: dict[str, torch.Tensor]):
+        self.classes = classes
+        self.target = centred_words(optimum, classes)
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, float]:
+        learned = centred_words(ov_circuit(model).cpu(), self.classes)
+        return {"dist_optimum": float((learned - self.target).norm() / self.target.norm())}
