@@ -1,5 +1,5 @@
-"""Speed and memory of `toyformer analyze` (spec §8) on the bundled Wikipedia sample, each case in its own process
-so that its peak resident memory is its own:
+"""Speed and memory of `toyformer analyze` (docs/topic-structure.md §8) on the bundled Wikipedia sample, each case in
+its own process so that its peak resident memory is its own:
 
 - speed: 1,000 documents through a 6-layer, 12-head, 384-wide BERT (random weights from a config, WordPiece
   vocabulary of 30,522 trained on the corpus; or ``--model DIR``, a local pretrained model), topics cached

@@ -1,5 +1,5 @@
-"""Attention statistics (spec §6) against a double loop over token pairs, and the topic model (spec §4) against a
-plain re-computation of its maths from its weights.
+"""Attention statistics (docs/topic-structure.md §6) against a double loop over token pairs, and the topic model
+(docs/topic-structure.md §4) against a plain re-computation of its maths from its weights.
 
 The reference forward pass follows the module docstring of models/topic.py literally, in float64, with every
 position a query and explicit (B, H, L, L) attention: h = W_E[ids]; s = (h W_Q)(h W_K)ᵀ/√d_head + key_bias;

@@ -108,7 +108,7 @@ def test_theory_topic_json_matches_spec_simulation():
     result = CliRunner().invoke(app, ["theory", "topic", "--json", "--samples", "4000"])
     assert result.exit_code == 0, result.output
     values = json.loads(result.stdout)
-    # spec §5.1: a least-squares simulation of the official pipeline gave 0.091 / 0.091 / -0.010
+    # docs/topic-structure.md §5.1: a least-squares simulation of the official pipeline gave 0.091 / 0.091 / -0.010
     assert values["wv_contrast"] == pytest.approx(0.101, abs=0.004)
     assert values["wv_same_topic_population"] == pytest.approx(1 / (10 * values["attention_word_share"]))
 

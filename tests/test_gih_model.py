@@ -1,5 +1,6 @@
-"""TF(M, H, d, D) of paper 2 (spec §2; models/gih.py): the fast path against the literal model, the hard copier
-against the generalized induction head, the gradient on p_S at init against the modified χ² mutual information."""
+"""TF(M, H, d, D) of paper 2 (docs/induction-heads.md §2; induction/model.py): the fast path against the literal model,
+the hard copier against the generalized induction head, the gradient on p_S at init against the modified χ² mutual
+information."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""The topic-model generator (spec §1) and the seeded gamma/Dirichlet samplers it rests on.
+"""The topic-model generator (docs/topic-structure.md §1) and the seeded gamma/Dirichlet samplers it rests on.
 
 Every statistical check compares a simulation with an analytic value (or an independent numpy Monte Carlo) and uses
 a tolerance of about five standard errors, derived next to each assertion. Seeds are fixed, so the tests are

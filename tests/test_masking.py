@@ -1,4 +1,5 @@
-"""MLM corruption (spec §2): ``corrupt`` on finite documents and ``population_batch``, its N → ∞ limit.
+"""MLM corruption (docs/topic-structure.md §2): ``corrupt`` on finite documents and ``population_batch``, its N → ∞
+limit.
 
 Rates are compared with their probabilities at five binomial standard errors; exact properties (which positions are
 keys, which can be selected) are checked position by position.

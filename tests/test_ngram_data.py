@@ -1,4 +1,4 @@
-"""In-context n-gram chains (spec §1; data/ngram.py) against counts.
+"""In-context n-gram chains (docs/induction-heads.md §1; induction/chains.py) against counts.
 
 Kernels: Dirichlet row moments. Chains: empirical transition frequencies N(context, e)/N(context), counted here with
 numpy from the raw tokens (the context code rebuilt independently: nearest parent = most significant digit), must

@@ -1,4 +1,5 @@
-"""GIH, Bayes and reference predictors of paper 2 (spec §5) against direct computations on small cases."""
+"""GIH, Bayes and reference predictors of paper 2 (docs/induction-heads.md §5) against direct computations on small
+cases."""
 
 import math
 
@@ -13,7 +14,8 @@ from toyformer.random import generator
 
 
 def _loop_gih(seq: list[int], subset: tuple[int, ...], d: int, a: float) -> list[float]:
-    """y = (e^a N(z,·) + U(·)) / (e^a N(z) + L − N(z)), the shrinkage form of spec §5, by counting."""
+    """y = (e^a N(z,·) + U(·)) / (e^a N(z) + L − N(z)), the shrinkage form of docs/induction-heads.md §5, by
+    counting."""
     length = len(seq)
     query = [seq[length - s] for s in subset]  # x_{L+1−s}, 0-based: index L − s
     n_match, matched, unmatched = 0, [0.0] * d, [0.0] * d
@@ -66,7 +68,7 @@ def test_bayes_predictive_counts_the_query_context_and_beats_gih_on_average():
 
 
 def test_nll_has_a_finite_best_a_near_six_in_the_e_setting():
-    # spec §5: hard copy, S* = {1,2}: nll 0.240 at a ≈ 6 (minimum), larger at a = 11.35 and a = 20
+    # docs/induction-heads.md §5: hard copy, S* = {1,2}: nll 0.240 at a ≈ 6 (minimum), larger at a = 11.35 and a = 20
     chains = sample_batch(4000, 3, (1, 2), 0.1, 100, generator(0, "best-a"))
     a, best = best_gih_a(chains.tokens, (1, 2), 3)
     assert 4.5 < a < 8.0

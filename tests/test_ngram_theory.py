@@ -1,4 +1,4 @@
-"""Theory of in-context n-gram chains (spec §5; theory/ngram.py) against brute force.
+"""Theory of in-context n-gram chains (docs/induction-heads.md §5; induction/theory.py) against brute force.
 
 Stationary laws are rebuilt from a dense transition matrix written with Python loops over windows (tuples of
 tokens) and solved with numpy least squares; joints are marginalised with loops; the mutual informations are
@@ -395,8 +395,8 @@ def main_prediction():
 
 
 def test_predict_subset_official_setting(main_prediction):
-    """d = 3, pa = {1, 2}, α = 0.1, H = 3, D = 2: S* = {1, 2} with Ĩ ≈ 0.20 (spec §5). Tolerance: 5 returned SEs
-    plus 0.005 for the rounding of the stated two-digit value."""
+    """d = 3, pa = {1, 2}, α = 0.1, H = 3, D = 2: S* = {1, 2} with Ĩ ≈ 0.20 (docs/induction-heads.md §5). Tolerance: 5
+    returned SEs plus 0.005 for the rounding of the stated two-digit value."""
     r = main_prediction
     assert r.predicted == "1,2" and r.kernels == 2000
     assert set(r.table) == {"1", "2", "3", "1,2", "1,3", "2,3"}

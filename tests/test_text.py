@@ -1,5 +1,5 @@
-"""Real text (spec §8): corpora, tokenisation, vocabulary, LDA topics and their cache, the word-piece merge, the
-embedding and attention class statistics against brute force, `toyformer analyze` on a small random BERT, and
+"""Real text (docs/topic-structure.md §8): corpora, tokenisation, vocabulary, LDA topics and their cache, the word-piece
+merge, the embedding and attention class statistics against brute force, `toyformer analyze` on a small random BERT, and
 MLM training on a corpus."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Closed forms of spec §5 (theory/topic.py) against brute force.
+"""Closed forms of docs/topic-structure.md §5 (topic/theory.py) against brute force.
 
 The regression statistics and the least-squares optimum are rebuilt from an explicit per-position design matrix
 (Python loops over documents and positions, numpy ``lstsq``) on a tiny configuration; the regime-B predictions are

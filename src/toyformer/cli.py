@@ -252,8 +252,8 @@ def theory_topic(
     samples: Annotated[int | None, typer.Option(help="simulated documents for the finite-N optimum")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Closed-form optima of the topic experiments (spec §5): regime B (and A, tied) for the actual pipeline and the
-    population limit B/a."""
+    """Closed-form optima of the topic experiments (docs/topic-structure.md §5): regime B (and A, tied) for the actual
+    pipeline and the population limit B/a."""
     from toyformer.topic.theory import predictions
 
     try:
@@ -303,7 +303,8 @@ def theory_ngram(
     a: Annotated[float, typer.Option("--a", help="the GIH's a for its reference loss")] = 11.35,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """The subset table of the modified χ² mutual information, the predicted S* and the reference losses (spec §5)."""
+    """The subset table of the modified χ² mutual information, the predicted S* and the reference losses
+    (docs/induction-heads.md §5)."""
     from toyformer.induction.chains import sample_batch
     from toyformer.induction.config import InductionConfig, candidate_subsets
     from toyformer.induction.predictors import best_gih_a, reference_losses

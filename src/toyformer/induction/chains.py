@@ -1,6 +1,6 @@
-"""In-context n-gram Markov chains (paper 2, spec §1): every sequence has its own kernel π, whose d^n rows are
-independent Dirichlet(α·1_d) draws; x_l ~ π(· | x_{l−p} for p ∈ pa). Vectorised over the batch on any device; the
-loop runs over time only, with all uniforms of the batch drawn at once and each step an inverse-CDF lookup.
+"""In-context n-gram Markov chains (paper 2, docs/induction-heads.md §1): every sequence has its own kernel π, whose d^n
+rows are independent Dirichlet(α·1_d) draws; x_l ~ π(· | x_{l−p} for p ∈ pa). Vectorised over the batch on any device;
+the loop runs over time only, with all uniforms of the batch drawn at once and each step an inverse-CDF lookup.
 
 Contexts are base-d codes of the parent tokens, nearest parent first (as in ``toyformer.induction.theory``).
 """

@@ -29,7 +29,8 @@ def candidate_subsets(layout: str, heads: int, degree: int, window: int | None =
 
 
 class ChainConfig(Strict):
-    """In-context n-gram chains, spec §1: every sequence draws its own kernel, rows Dirichlet(α·1_d)."""
+    """In-context n-gram chains, docs/induction-heads.md §1: every sequence draws its own kernel, rows
+    Dirichlet(α·1_d)."""
 
     kind: Literal["ngram"] = "ngram"
     d: int = Field(3, ge=2, description="vocabulary size")
@@ -73,7 +74,8 @@ class ChainConfig(Strict):
 
 
 class GIHModelConfig(Strict):
-    """TF(M, H, d, D), spec §2: RPE copier, polynomial-kernel selector over |S| <= D, classifier a."""
+    """TF(M, H, d, D), docs/induction-heads.md §2: RPE copier, polynomial-kernel selector over |S| <= D, classifier
+    a."""
 
     variant: Literal["simplified", "full"] = "simplified"
     heads: int = Field(3, ge=1, description="H")

@@ -1,5 +1,5 @@
-"""The induction-head experiment (paper 2, spec §1–6): recipe config → n-gram chains + TF(M, H, d, D) → staged
-training → run directory, with the theory's S* and reference losses beside the learned model."""
+"""The induction-head experiment (paper 2, docs/induction-heads.md §1–6): recipe config → n-gram chains + TF(M, H, d, D)
+→ staged training → run directory, with the theory's S* and reference losses beside the learned model."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from toyformer.train.loop import log_schedule, resolve_device
 
 
 class StagedOptimizer:
-    """Stages run one after another (spec §4): stage k's optimizer updates only its groups, for its steps."""
+    """Stages run one after another (docs/induction-heads.md §4): stage k's optimizer updates only its groups, for its
+    steps."""
 
     def __init__(self, model: GIHTransformer, stages: list[Stage]):
         self.optimizers = [_optimizer(model.group_params(s.groups), s) for s in stages]
@@ -185,9 +186,9 @@ def _group(name: str) -> str:
 def evaluate(
     run: Run, base: InductionConfig, overrides: list[str], sequences: int = 2000, seed: int | None = None
 ) -> dict:
-    """A trained model under shift (spec §6): fresh validation chains at other data settings (L, α, d, start, …),
-    the model's loss beside the reference predictors' and the GIH at its own learned S and a. ``base`` is the run's
-    config."""
+    """A trained model under shift (docs/induction-heads.md §6): fresh validation chains at other data settings (L, α,
+    d, start, …), the model's loss beside the reference predictors' and the GIH at its own learned S and a. ``base`` is
+    the run's config."""
     bad = [o for o in overrides if not o.strip().startswith("data.")]
     if bad:
         raise ConfigError(f"--set {bad[0]!r}: eval changes only the data (data.length, data.alpha, data.d, ...)")

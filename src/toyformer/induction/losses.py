@@ -1,11 +1,11 @@
-"""The training losses of TF(M, H, d, D) (paper 2, Section 3 and spec §3) on predicted distributions."""
+"""The training losses of TF(M, H, d, D) (paper 2; docs/induction-heads.md §3) on predicted distributions."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-EPS_LOG = 1e-12  # the tiny ε in log y of the nll (spec §3)
+EPS_LOG = 1e-12  # the tiny ε in log y of the nll (docs/induction-heads.md §3)
 LOSSES = ("nll", "code-ce")
 
 

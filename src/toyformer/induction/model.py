@@ -1,4 +1,4 @@
-"""TF(M, H, d, D), the two-attention-layer model of paper 2 (spec §2), and its full variant.
+"""TF(M, H, d, D), the two-attention-layer model of paper 2 (docs/induction-heads.md §2), and its full variant.
 
 For one-hot inputs x_1..x_L and an all-zero placeholder at the query position τ (L+1 in the paper):
     copier    u_i^(h) = Σ_j softmax_j(w^(h)[i−j]) x_j over the offsets i−j in head h's window (nothing else);

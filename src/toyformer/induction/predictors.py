@@ -1,6 +1,6 @@
 """Predictors of the next token x_{L+1} from the inputs x_1..x_L of each sequence, as (B, d) distributions (paper 2,
-spec §5): the generalized induction head at any parent subset and a, the in-context unigram, the Bayes posterior
-predictive, the true kernel row; their losses, and the GIH's best a. None reads a trained model."""
+docs/induction-heads.md §5): the generalized induction head at any parent subset and a, the in-context unigram, the
+Bayes posterior predictive, the true kernel row; their losses, and the GIH's best a. None reads a trained model."""
 
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def _gih(match: torch.Tensor, onehot: torch.Tensor, a: float) -> torch.Tensor:
 
 
 def gih_predict(tokens: torch.Tensor, subset: tuple[int, ...], d: int, a: float) -> torch.Tensor:
-    """The generalized induction head (spec §5): y = Σ_{l ≤ L} ω_l x_l with ω_l ∝ exp(a·1[X_{l,S} = X_{L+1,S}]);
-    ``tokens`` holds x_1..x_L (the target is not read). a = inf gives the in-context conditional frequency after the
-    history, with the unigram average as the fallback when the history never occurred."""
+    """The generalized induction head (docs/induction-heads.md §5): y = Σ_{l ≤ L} ω_l x_l with ω_l ∝ exp(a·1[X_{l,S} =
+    X_{L+1,S}]); ``tokens`` holds x_1..x_L (the target is not read). a = inf gives the in-context conditional frequency
+    after the history, with the unigram average as the fallback when the history never occurred."""
     return _gih(*_history_matches(tokens, subset, d), a)
 
 
@@ -80,8 +80,8 @@ def losses(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 def reference_predictions(
     inputs: torch.Tensor, kernels: torch.Tensor, parents: tuple[int, ...], d: int, alpha: float
 ) -> dict[str, torch.Tensor]:
-    """The predictors of x_{L+1} that read no model (spec §5): uniform, the in-context unigram, the Bayes posterior
-    predictive and the true kernel row, from the inputs (B, L) and each sequence's kernel."""
+    """The predictors of x_{L+1} that read no model (docs/induction-heads.md §5): uniform, the in-context unigram, the
+    Bayes posterior predictive and the true kernel row, from the inputs (B, L) and each sequence's kernel."""
     return {
         "uniform": torch.full((len(inputs), d), 1.0 / d, dtype=torch.float64),
         "unigram": unigram_predict(inputs, d),
@@ -111,8 +111,8 @@ def reference_losses(
 
 def best_gih_a(tokens: torch.Tensor, subset: tuple[int, ...], d: int, loss: str = "nll") -> tuple[float, float]:
     """The a in [0, 30] minimising the GIH's mean loss on ``tokens`` (B, L+1): a grid of step 0.5, refined to 0.01
-    around its best point; returns (a, loss). Under nll there is a finite best a at finite L (spec §5); under
-    code-ce the loss keeps falling, so the answer is the grid's end."""
+    around its best point; returns (a, loss). Under nll there is a finite best a at finite L (docs/induction-heads.md
+    §5); under code-ce the loss keeps falling, so the answer is the grid's end."""
     match, onehot = _history_matches(tokens[:, :-1], subset, d)
     target = tokens[:, -1]
 

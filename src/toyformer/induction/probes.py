@@ -1,7 +1,7 @@
-"""What is measured on a TF(M, H, d, D) during training (spec §6): the selector's p_S, the classifier's a, each
-head's RPE weights and the offset it copies, the subset the model selects, and how far its predictions are from the
-generalized induction head built from its own learned S and a (a check of the model's form) and from the one the
-theory predicts without the trained model, at (S*, a*) (the reference that loss claims compare with).
+"""What is measured on a TF(M, H, d, D) during training (docs/induction-heads.md §6): the selector's p_S, the
+classifier's a, each head's RPE weights and the offset it copies, the subset the model selects, and how far its
+predictions are from the generalized induction head built from its own learned S and a (a check of the model's form) and
+from the one the theory predicts without the trained model, at (S*, a*) (the reference that loss claims compare with).
 
 The selected subset is the largest-p_S head subset, read as offsets through the offset each head copies most; when
 no subset leads by more than ``TIE`` (relative), as at initialisation where every c_S is equal, nothing is
@@ -24,10 +24,10 @@ NO_SUBSET = "none"
 
 
 def reference_table(val: Chains, cfg: InductionConfig, predicted: tuple[int, ...]) -> dict[str, float]:
-    """Losses of the fixed reference predictors (spec §5) on the validation chains, in the run's loss; none reads a
-    model. ``predicted`` is the theory's S* (offsets): the GIH there, at the a* that is best for the run's loss on
-    these chains, is ``loss_ref_gih_theory`` (a* is ``gih_theory_a``; under code-ce the loss falls with a, so a* is
-    the end of best_gih_a's grid)."""
+    """Losses of the fixed reference predictors (docs/induction-heads.md §5) on the validation chains, in the run's
+    loss; none reads a model. ``predicted`` is the theory's S* (offsets): the GIH there, at the a* that is best for the
+    run's loss on these chains, is ``loss_ref_gih_theory`` (a* is ``gih_theory_a``; under code-ce the loss falls with a,
+    so a* is the end of best_gih_a's grid)."""
     tokens = val.tokens.cpu()
     inputs, target, d = tokens[:, :-1], tokens[:, -1], cfg.data.d
     predictors = reference_predictions(inputs, val.kernels.cpu(), tuple(cfg.data.parents), d, cfg.data.alpha)
@@ -115,7 +115,8 @@ class InductionProbe:
         return record
 
     def final_extras(self, model: GIHTransformer) -> dict:
-        """The fixed reference losses, and the nll-optimal a of the GIH at the model's own S (spec §5)."""
+        """The fixed reference losses, and the nll-optimal a of the GIH at the model's own S (docs/induction-heads.md
+        §5)."""
         _, subset = self.selected(copy_attention(model, self.plan, self.weights), model)
         best_a, best_loss = best_gih_a(self.val.tokens.cpu(), subset, model.d, "nll")
         return self.references | {"gih_best_a_nll": best_a, "loss_gih_best_a_nll": best_loss}

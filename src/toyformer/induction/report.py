@@ -1,5 +1,6 @@
-"""Figures of an induction run (spec §6): p_S per subset against step, a against step, losses on a log axis with
-the reference lines, RPE heat-maps before and after training, and the final c_S bars. Stage boundaries are marked."""
+"""Figures of an induction run (docs/induction-heads.md §6): p_S per subset against step, a against step, losses on a
+log axis with the reference lines, RPE heat-maps before and after training, and the final c_S bars. Stage boundaries are
+marked."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Theory of in-context n-gram chains (paper 2, spec §5): the stationary joint law of a history and the next
-token, χ² mutual informations, the predicted parent subset S*. Pure functions in float64, batched over kernels;
+"""Theory of in-context n-gram chains (paper 2, docs/induction-heads.md §5): the stationary joint law of a history and
+the next token, χ² mutual informations, the predicted parent subset S*. Pure functions in float64, batched over kernels;
 kernels and windows are coded as in ``toyformer.induction.chains``.
 """
 
@@ -124,7 +124,8 @@ _THEORY: dict[str, dict] = {}  # the prediction does not depend on the run seed:
 
 
 def prediction(cfg: InductionConfig) -> dict:
-    """The predicted S* for the run's setting (spec §5): by Ĩ under nll, by its code-ce variant under code-ce."""
+    """The predicted S* for the run's setting (docs/induction-heads.md §5): by Ĩ under nll, by its code-ce variant under
+    code-ce."""
     key = json.dumps(
         [cfg.data.model_dump(mode="json"), cfg.model.model_dump(mode="json"), cfg.train.loss, cfg.theory.kernels]
     )

@@ -1,4 +1,5 @@
-"""`toyformer analyze`: topic structure of a pretrained BERT-family encoder on a corpus (paper 1, spec §8).
+"""`toyformer analyze`: topic structure of a pretrained BERT-family encoder on a corpus (paper 1,
+docs/topic-structure.md §8).
 
 Two ground truths side by side: LDA topics fitted on the corpus (cached) and the corpus's category labels. For
 each: embedding inner-product and cosine class means over the model's whole-word vocabulary, and per-layer,

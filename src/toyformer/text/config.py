@@ -10,7 +10,8 @@ from toyformer.config import Claim, RunConfig, Strict
 
 
 class CorpusConfig(Strict):
-    """A text corpus, spec §8, read as a stream of documents (text and an optional category label)."""
+    """A text corpus, docs/topic-structure.md §8, read as a stream of documents (text and an optional category
+    label)."""
 
     source: str = Field(
         "wiki-vital",
@@ -35,7 +36,7 @@ class VocabConfig(Strict):
 
 
 class TopicsConfig(Strict):
-    """LDA topics over a corpus and the word → topics rules of spec §8.
+    """LDA topics over a corpus and the word → topics rules of docs/topic-structure.md §8.
 
     The paper fits 100 topics in one pass over TF-IDF weights of all of Wikipedia. On a corpus of ~10,000 short
     documents (wiki-vital) that setting gives near-identical topics (5 updates in all), so the defaults here are
@@ -76,7 +77,8 @@ def _default_analysis_claims() -> list[Claim]:
 
 
 class AnalysisConfig(TopicsFit, RunConfig):
-    """Topic structure of a pretrained BERT-family encoder on a corpus (spec §8): `toyformer analyze`."""
+    """Topic structure of a pretrained BERT-family encoder on a corpus (docs/topic-structure.md §8): `toyformer
+    analyze`."""
 
     task: Literal["analyze"] = "analyze"
     name: str = "analyze"

@@ -1,4 +1,5 @@
-"""Real text, spec §8: corpora read as document streams, word tokenisation, stop words, the word vocabulary.
+"""Real text, docs/topic-structure.md §8: corpora read as document streams, word tokenisation, stop words, the word
+vocabulary.
 
 A corpus is read lazily, one document at a time, so a full Wikipedia dump never has to fit in memory: only the
 word counts of a vocabulary pass are kept. Sources:

@@ -1,5 +1,5 @@
-"""Topic structure of a model of real text, spec §8: embedding and attention class means against word → topics
-ground truths, vectorised (no loops over words or word pairs).
+"""Topic structure of a model of real text, docs/topic-structure.md §8: embedding and attention class means against word
+→ topics ground truths, vectorised (no loops over words or word pairs).
 
 Word-pair classes (``toyformer.text.pairs``) over ordered pairs of distinct words for embeddings, and of word
 occurrences, i = j included, for attention (where ``same_word`` is the same vocabulary word).

@@ -1,4 +1,4 @@
-"""Figures of a model of real text (spec §8): the per-layer × per-head heat-map of same-topic minus
+"""Figures of a model of real text (docs/topic-structure.md §8): the per-layer × per-head heat-map of same-topic minus
 different-topic attention, and the embedding cosine histograms of each word-pair class, for both ground truths."""
 
 from __future__ import annotations

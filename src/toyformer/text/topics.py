@@ -1,5 +1,5 @@
-"""Topics of a real corpus, spec §8: gensim LDA over the content-word vocabulary, the word → topics rules, topics
-per document, and the corpus's own category labels as a second, independent ground truth.
+"""Topics of a real corpus, docs/topic-structure.md §8: gensim LDA over the content-word vocabulary, the word → topics
+rules, topics per document, and the corpus's own category labels as a second, independent ground truth.
 
 Everything streams over the corpus (a vocabulary pass, the LDA passes, one pass for document topics and label
 counts), so memory is set by the vocabulary and the number of topics, not by the number of documents. A fit is

@@ -23,7 +23,7 @@ def num_ids(data: DataConfig | TextDataConfig) -> int:
 
 
 class DataConfig(Strict):
-    """Synthetic topic-model (LDA) documents, spec §1, in the official token layout."""
+    """Synthetic topic-model (LDA) documents, docs/topic-structure.md §1, in the official token layout."""
 
     kind: Literal["lda"] = "lda"
     num_topics: int = Field(10, ge=1, description="T")
@@ -80,7 +80,7 @@ class DataConfig(Strict):
 
 
 class MaskingConfig(Strict):
-    """MLM corruption, spec §2."""
+    """MLM corruption, docs/topic-structure.md §2."""
 
     select_prob: float = Field(0.15, gt=0.0, le=1.0, description="p_m: share of word positions selected")
     mask_prob: float = Field(0.8, ge=0.0, le=1.0, description="selected → [MASK]")
@@ -101,7 +101,7 @@ class MaskingConfig(Strict):
 InitName = Literal["default", "bert", "small", "zero", "identity", "topic_block"]
 Group = Literal["embedding", "query", "key", "value", "output", "decoder", "norm", "ffn"]
 
-# Regimes of spec §4 as presets: a preset fills the model fields the user did not set.
+# Regimes of docs/topic-structure.md §4 as presets: a preset fills the model fields the user did not set.
 PRESETS: dict[str, dict[str, Any]] = {
     "A": dict(
         embedding="trained",
@@ -141,7 +141,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class ModelConfig(Strict):
-    """The one-layer attention model with switches, spec §4. Regimes A–D are presets."""
+    """The one-layer attention model with switches, docs/topic-structure.md §4. Regimes A–D are presets."""
 
     preset: Literal["A", "B", "C", "D"] | None = None
     d_model: int | None = Field(None, ge=1, description="width; default (and required for one-hot): number of ids")
@@ -219,7 +219,8 @@ class TheoryConfig(Strict):
 
 
 class TextDataConfig(Strict):
-    """Real text for MLM training (spec §8): corpus documents as bags of vocabulary words, official id layout."""
+    """Real text for MLM training (docs/topic-structure.md §8): corpus documents as bags of vocabulary words, official
+    id layout."""
 
     kind: Literal["text"] = "text"
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)

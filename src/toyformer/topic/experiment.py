@@ -1,4 +1,5 @@
-"""The topic experiment (paper 1, spec §1–7): recipe config → data stream + model → loop → run directory."""
+"""The topic experiment (paper 1, docs/topic-structure.md §1–7): recipe config → data stream + model → loop → run
+directory."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def optimizer(cfg: TopicConfig, module: torch.nn.Module) -> torch.optim.Optimize
 
 
 class SyntheticSource:
-    """LDA documents (spec §1) and the theory's predictions for them."""
+    """LDA documents (docs/topic-structure.md §1) and the theory's predictions for them."""
 
     def __init__(self, cfg: TopicConfig, device: torch.device):
         self.stream = TopicStream(cfg, device)
@@ -50,8 +51,8 @@ class SyntheticSource:
 
 
 class TextSource:
-    """A real corpus (spec §8) as bags of vocabulary words; word topics from its cached LDA fit or its labels.
-    There is no closed-form optimum here, so no theory block."""
+    """A real corpus (docs/topic-structure.md §8) as bags of vocabulary words; word topics from its cached LDA fit or
+    its labels. There is no closed-form optimum here, so no theory block."""
 
     def __init__(self, cfg: TopicConfig, device: torch.device):
         data = cfg.data

@@ -1,5 +1,5 @@
-"""Topic-model (LDA) documents, spec §1: T topics over a word vocabulary, a topic mixture θ per document, words
-drawn i.i.d. from the document's word distribution μ_θ = θ·Φ. Vectorised over documents, on any device.
+"""Topic-model (LDA) documents, docs/topic-structure.md §1: T topics over a word vocabulary, a topic mixture θ per
+document, words drawn i.i.d. from the document's word distribution μ_θ = θ·Φ. Vectorised over documents, on any device.
 
 Token layout (official): PAD=0, MASK=1, START=2, END=3, word k = k + 4; a document is START words END, padded.
 """

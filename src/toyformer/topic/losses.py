@@ -1,5 +1,6 @@
-"""Losses of spec §3 on a ``Batch``: cross-entropy, squared (official scaling: mean over the vocabulary), and an
-L2 penalty λ‖θ‖² on the trained parameters that acts on the gradient (the official one was detached)."""
+"""Losses of docs/topic-structure.md §3 on a ``Batch``: cross-entropy, squared (official scaling: mean over the
+vocabulary), and an L2 penalty λ‖θ‖² on the trained parameters that acts on the gradient (the official one was
+detached)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MLM corruption of documents (paper 1, Section 3; spec §2), and its exact average in the population limit."""
+"""MLM corruption of documents (paper 1; docs/topic-structure.md §2), and its exact average in the population limit."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from toyformer.topic.lda import topic_word_matrix
 
 
 def corrupt(ids: torch.Tensor, cfg: MaskingConfig, n_ids: int, gen: torch.Generator) -> Batch:
-    """MLM corruption, spec §2: select word positions with p_m (re-drawn until each document has one); a
-    selected token becomes [MASK], a random token, or stays, with probabilities mask/random/keep_prob."""
+    """MLM corruption, docs/topic-structure.md §2: select word positions with p_m (re-drawn until each document has
+    one); a selected token becomes [MASK], a random token, or stays, with probabilities mask/random/keep_prob."""
     is_word = ids >= NUM_SPECIALS
     selected = (torch.rand(ids.shape, generator=gen, device=ids.device) < cfg.select_prob) & is_word
     redo = ~selected.any(1) & is_word.any(1)

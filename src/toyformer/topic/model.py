@@ -1,4 +1,5 @@
-"""The topic-structure model, spec §4: one-layer, one-head attention over a bag of words, with switches.
+"""The topic-structure model, docs/topic-structure.md §4: one-layer, one-head attention over a bag of words, with
+switches.
 
 For (corrupted) one-hot inputs x̃_j:
     h_j = E x̃_j;   s_ij = (W^Q h_i)ᵀ(W^K h_j)/√d_head + key_bias_j;   α_ij = softmax_j(s_ij);
@@ -48,7 +49,8 @@ def param_group(name: str) -> str:
 
 
 class Initializer:
-    """Fills weights by preset name from one seeded generator (spec §4: default, BERT, small, zero, identity, …)."""
+    """Fills weights by preset name from one seeded generator (docs/topic-structure.md §4: default, BERT, small, zero,
+    identity, …)."""
 
     def __init__(self, cfg: ModelConfig, gen: torch.Generator, topic_block: torch.Tensor | None):
         self.cfg, self.gen, self.topic_block = cfg, gen, topic_block

@@ -1,5 +1,5 @@
-"""What is measured on a topic model over training, spec §6. Each probe is a small object with one method,
-``measure(model) -> {name: number}``; all are vectorised (no loops over tokens or token pairs).
+"""What is measured on a topic model over training, docs/topic-structure.md §6. Each probe is a small object with one
+method, ``measure(model) -> {name: number}``; all are vectorised (no loops over tokens or token pairs).
 
 Matrices are read in id space, whatever the width, with W_E the input vector of each id (``embedding_table``):
 the embedding Gram W_E W_Eᵀ; the OV circuit W_E W_V W_O W_U

@@ -1,4 +1,4 @@
-"""Automatic stage detection on metric curves (spec §6: the two stages of training).
+"""Automatic stage detection on metric curves (docs/topic-structure.md §6: the two stages of training).
 
 A component "starts to move" at the first probe step where its distance from initialisation reaches a fixed share
 (``onset_fraction``, default 10%) of the largest distance it reaches in the run. The share is relative, so the rule

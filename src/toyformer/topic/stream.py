@@ -91,8 +91,8 @@ def text_documents(encoded: list[list[int]], max_len: int, device: str | torch.d
 
 
 class TextStream(TopicStream):
-    """MLM batches of real text (spec §8): the corpus's documents as bags of vocabulary words, a fixed split
-    (the last ``dev_docs`` documents held out), masks drawn once (static) or per step as configured."""
+    """MLM batches of real text (docs/topic-structure.md §8): the corpus's documents as bags of vocabulary words, a
+    fixed split (the last ``dev_docs`` documents held out), masks drawn once (static) or per step as configured."""
 
     def __init__(self, cfg: TopicConfig, encoded: list[list[int]], device: str | torch.device = "cpu"):
         data = cfg.data

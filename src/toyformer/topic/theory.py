@@ -1,4 +1,5 @@
-"""Closed forms of the topic experiments, spec §5 (derived, not statements of the paper). Pure functions, float64.
+"""Closed forms of the topic experiments, docs/topic-structure.md §5 (derived, not statements of the paper). Pure
+functions, float64.
 
 With uniform attention and no residual, every query of a document sees the same mixture c (the mean one-hot input
 over its keys), so the model's logits are a linear map of c: c·W^V + b in regime B (W^V over ids), c·EEᵀ in regime A
@@ -109,7 +110,8 @@ def block_effect(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix:
 
 
 def population_value_optimum(data: DataConfig, word_share: float) -> torch.Tensor | None:
-    """B/a over ids (spec §5.1): 1/(a·|topic|) on same-topic word pairs. Defined for disjoint uniform topics."""
+    """B/a over ids (docs/topic-structure.md §5.1): 1/(a·|topic|) on same-topic word pairs. Defined for disjoint uniform
+    topics."""
     if data.overlap or data.word_dist != "uniform":
         return None
     v = num_ids(data)

@@ -181,8 +181,9 @@ def _finish_sequential(out: Path, cfg: RunConfig, task: Task, seeds: list[int], 
         if not (path / "summary.json").is_file():
             resume = Run.open(path) if (path / "config.toml").is_file() else None
             member = member_config(cfg, seed) if resume is None else validate_as(type(cfg), resume.raw_config())
+            experiment = task.build(member)  # every error before its progress bar
             with progress(member) as on_step:
-                train(task.build(member), path, on_step, resume)
+                train(experiment, path, on_step, resume)
         summaries.append(Run(path).summary())
     return _write_group(out, cfg, task, [Run(out / f"seed-{seed}") for seed in seeds], summaries, figures=True)
 
