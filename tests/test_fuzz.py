@@ -208,6 +208,15 @@ def test_damaged_run_directories_are_refused(tmp_path, runs, damage):
         ["run"],
         ["run", "topic/s2", "--device", "tpu"],
         ["run", "topic/s2", "--seed", "2", "--seeds", "0-3"],
+        ["sweep"],
+        ["sweep", "induction/nope"],
+        ["sweep", "induction/selection-phase", "--retries", "-1"],
+        ["sweep", "induction/selection-phase", "--backend", "slurm"],
+        ["sweep", "induction/selection-phase", "--set", "data.d=nan"],
+        ["sweep", "induction/selection-phase", "--set", "data.alpha=0.2"],  # an axis: it would do nothing
+        ["sweep", "induction/selection-phase", "--set", "model.colour=1"],
+        ["sweep", "--resume", "nowhere"],
+        ["sweep", "induction/selection-phase", "--resume", "nowhere"],
     ],
 )
 def test_other_commands_refuse_bad_flags(args):

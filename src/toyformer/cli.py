@@ -397,10 +397,19 @@ def _as_flags(message: str) -> str:
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
-    """Rebuild a finished run's figures from its checkpoint and metrics."""
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory, or a sweep directory")]) -> None:
+    """Rebuild a finished run's figures from its checkpoint and metrics, or a sweep's results and phase diagrams."""
     from toyformer.runs import Run
+    from toyformer.sweep.local import SWEEP
 
+    if (run_dir / SWEEP).is_file():
+        try:
+            path = _sweep_results(run_dir)
+        except ConfigError as e:
+            fail(str(e))
+        for name in sorted((path / "figures").glob("phase-*.png")):
+            out_console.print(str(name), highlight=False, soft_wrap=True)
+        return
     try:
         run = Run.open(run_dir)
         state = run.load_checkpoint()
@@ -590,6 +599,111 @@ def analyze(
     out_console.print(table)
     _print_checks(summary, "claims")
     out_console.print(str(run.path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sweeps() -> None:
+    """List the shipped sweeps."""
+    from toyformer.sweep.spec import load_sweep, sweep_names
+
+    table = Table(title="sweeps")
+    table.add_column("name")
+    table.add_column("description")
+    try:
+        for name in sweep_names():
+            table.add_row(name, load_sweep(name).description)
+    except ConfigError as e:
+        fail(str(e))
+    out_console.print(table)
+
+
+@app.command()
+def sweep(
+    name: Annotated[str | None, typer.Argument(help="a name from `toyformer sweeps` or a sweep TOML file")] = None,
+    set_: SetOpt = None,
+    backend: Annotated[str, typer.Option(help="local: every cell in this process")] = "local",
+    out: Annotated[Path | None, typer.Option(help="the sweep directory (default: runs/sweep-NAME-TIME)")] = None,
+    retries: Annotated[int, typer.Option(help="fresh attempts of a cell that fails before it is recorded")] = 0,
+    resume: Annotated[Path | None, typer.Option(help="finish an interrupted sweep directory")] = None,
+) -> None:
+    """Train a grid of cells over a base recipe (each a seed group) and draw the theory over it: results.csv,
+    summary.json and figures/phase-*.png in the sweep directory, printed as the last line."""
+    import datetime as dt
+
+    from toyformer.sweep.local import resume_sweep, run_sweep
+
+    try:
+        if backend != "local":
+            raise ConfigError(f"--backend {backend!r}: the backend here is local")
+        if retries < 0:
+            raise ConfigError("--retries must be >= 0")
+        if resume is not None:
+            if name or set_ or out:
+                raise ConfigError("--resume takes only the sweep directory: the sweep is read from it")
+            target = resume
+        elif name is None:
+            raise ConfigError("give a SWEEP (see `toyformer sweeps`) or --resume SWEEP_DIR")
+        else:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            target = out or Path("runs") / f"sweep-{name.removesuffix('.toml').replace('/', '-')}-{stamp}"
+        with _progress() as progress:
+            on_cell = _sweep_progress(progress)
+            try:
+                if resume is not None:
+                    resume_sweep(target, retries=retries, progress=on_cell)
+                else:
+                    run_sweep(name, target, list(set_ or []), retries=retries, progress=on_cell)
+            except KeyboardInterrupt:
+                console.print(f"interrupted: continue with `toyformer sweep --resume {target}`", highlight=False)
+                raise typer.Exit(130) from None
+        path = _sweep_results(target)
+    except ConfigError as e:
+        fail(str(e))
+    out_console.print(str(path), highlight=False, soft_wrap=True)
+
+
+def _sweep_progress(progress: Progress):
+    """A bar over the cells, and one over the current cell's steps (its seeds stacked)."""
+    cells_bar, steps_bar = None, None
+
+    def on_cell(cell, k: int, total: int):
+        nonlocal cells_bar, steps_bar
+        if cells_bar is None:
+            cells_bar = progress.add_task("cells", total=total, info="")
+        progress.update(cells_bar, completed=k, info=cell.label())
+        if steps_bar is not None:
+            progress.remove_task(steps_bar)
+        cfg = cell.config
+        steps_bar = progress.add_task(f"{cell.name} × {len(cfg.seeds)} seeds", total=cfg.train.steps + 1, info="")
+
+        def on_step(step: int, records: list | dict | None) -> None:
+            progress.update(steps_bar, completed=step + 1)
+            if step == cfg.train.steps:
+                progress.update(cells_bar, completed=k + 1)
+
+        return on_step
+
+    return on_cell
+
+
+def _sweep_results(path: Path) -> Path:
+    """results.csv, summary.json and the phase diagrams of a sweep directory as it stands; the grid's claims."""
+    from toyformer.sweep import figures, results
+    from toyformer.sweep.local import reopen
+
+    spec, grid = reopen(path)
+    summary = results.write(path, spec, grid)
+    figures.write_figures(path, spec, summary)
+    table = Table(title=f"{spec.name}: {summary['done']} of {len(grid)} cells done", title_justify="left")
+    for col in ("grid claim", "held", "cells held", "not claimed (ties)"):
+        table.add_column(col, overflow="fold")
+    for c in summary["checks"]:
+        held = "[green]yes[/]" if c["ok"] else "[red]NO[/]"
+        table.add_row(c["name"], held, f"{c['held']} of {c['cells']}", str(len(c["not_claimed"])))
+    if summary["failed"]:
+        console.print(f"[red]failed cells:[/] {', '.join(summary['failed'])} (their errors are in summary.json)")
+    console.print(table)
+    return path
 
 
 DEMO = ["topic/s1", "topic/s2", "topic/s2-squared", "topic/s3", "topic/s4", "induction/e2", "induction/demo"]

@@ -1,0 +1,151 @@
+"""A sweep: a base recipe, fixed overrides, axes (config keys → values, crossed; ``zip`` axes vary together), the
+seeds of every cell, the claims over the whole grid and the phase diagrams to draw. A cell is one point of the grid:
+the base recipe with the cell's overrides, trained as a seed group. Every cell's config is validated before
+anything is written, so a bad axis value is a one-line error naming the cell."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import Field, model_validator
+
+from toyformer.config import MAX_SEEDS, ConfigError, RunConfig, Strict, validate_as
+from toyformer.tasks import load
+
+TIE_SE = 2.0  # a theory margin within this many Monte-Carlo standard errors of 0 is a tie, not a prediction
+
+
+class GridClaim(Strict):
+    """A claim over the grid: in every cell that ``where`` selects, the cell claim ``claim`` holds for at least
+    ``min_share`` of the seeds. ``where = "clear"`` keeps the cells whose theory margin (``theory.mi_margin``) is at
+    least ``margin_min`` and not a tie; near-ties are reported, not claimed."""
+
+    name: str
+    claim: str = Field(description="the name of a claim of the base recipe")
+    min_share: float = Field(1.0, ge=0.0, le=1.0)
+    where: Literal["all", "clear"] = "all"
+    margin_min: float = Field(0.0, ge=0.0, description="where = 'clear': the smallest relative margin claimed")
+
+
+class Plot(Strict):
+    """A phase diagram: ``value`` (a final metric, or ``claim:NAME`` for the share of seeds a claim held for) over
+    the axes ``x`` and ``y``; a third axis, when the sweep has one, gives small multiples."""
+
+    value: str
+    x: str
+    y: str | None = None
+
+
+class SweepConfig(Strict):
+    name: str = "custom"
+    description: str = ""
+    recipe: str = Field(description="the base recipe: a name from `toyformer recipes` or a TOML file")
+    set: list[str] = Field(default_factory=list, description="--set overrides of every cell")
+    seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS, description="the seeds of every cell")
+    axes: dict[str, list[Any]] = Field(description="config key → values; the axes are crossed")
+    zip: dict[str, list[Any]] = Field(default_factory=dict, description="config key → values, varied together")
+    sequential: bool = Field(False, description="train each cell's seeds one after another instead of stacked")
+    claims: list[GridClaim] = Field(default_factory=list)
+    plots: list[Plot] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        if not self.axes or any(not values for values in self.axes.values()):
+            raise ValueError("axes: give at least one config key with at least one value")
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1 or 0 in lengths:
+            raise ValueError(f"zip: every key needs the same number of values, got {sorted(lengths)}")
+        both = set(self.axes) & set(self.zip)
+        if both:
+            raise ValueError(f"{sorted(both)}: a key is either an axis or zipped, not both")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError("seeds: distinct seeds >= 0")
+        keys = {*self.axes, *self.zip}
+        fixed = {item.split("=", 1)[0].strip() for item in self.set}
+        if fixed & keys:
+            raise ValueError(f"set: {sorted(fixed & keys)} would do nothing: an axis of the sweep sets it in every cell")
+        for plot in self.plots:
+            for axis in (plot.x, plot.y):
+                if axis is not None and axis not in keys:
+                    raise ValueError(f"plots: {axis!r} is not an axis of the sweep ({sorted(keys)})")
+        return self
+
+    def dump(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+@dataclass
+class Cell:
+    index: int
+    values: dict[str, Any]  # axis (and zipped) key → this cell's value
+    config: RunConfig  # the base recipe at this cell, seeds included
+
+    @property
+    def name(self) -> str:
+        return f"cell-{self.index:03d}"
+
+    def label(self) -> str:
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={literal(v)}" for k, v in self.values.items())
+
+
+def literal(value: Any) -> str:
+    """A value as --set reads it, on one line: [1, 2], 0.1, "code", true (JSON's spelling is TOML's here)."""
+    return json.dumps(value)
+
+
+def cells(spec: SweepConfig) -> list[Cell]:
+    """The grid's cells, axes crossed in the order given, the zipped keys as one more axis (last)."""
+    keys = list(spec.axes)
+    combos = list(itertools.product(*spec.axes.values()))
+    if spec.zip:
+        zipped = list(zip(*spec.zip.values(), strict=True))
+        keys += list(spec.zip)
+        combos = [(*c, *z) for c in combos for z in zipped]
+    out = []
+    for index, combo in enumerate(combos):
+        values = dict(zip(keys, combo, strict=True))
+        overrides = [*spec.set, *(f"{k}={literal(v)}" for k, v in values.items())]
+        try:
+            cfg = load(spec.recipe, overrides)
+        except ConfigError as e:
+            label = ", ".join(f"{k}={literal(v)}" for k, v in values.items())
+            raise ConfigError(f"sweep cell {index} ({label}): {e}") from None
+        raw = cfg.model_dump(mode="json", exclude_none=True) | {"seeds": spec.seeds}
+        out.append(Cell(index, values, validate_as(type(cfg), raw)))
+    return out
+
+
+def sweep_names() -> list[str]:
+    root = resources.files("toyformer") / "sweeps"
+    names = []
+    for family in sorted(p for p in root.iterdir() if p.is_dir()):
+        names += [f"{family.name}/{f.name[:-5]}" for f in sorted(family.iterdir()) if f.name.endswith(".toml")]
+    return names
+
+
+def load_sweep(ref: str, overrides: list[str] | None = None) -> SweepConfig:
+    """A shipped sweep's name or a sweep TOML file; ``overrides`` are added to its ``set`` list."""
+    path = Path(ref)
+    if ref.endswith(".toml") and path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{ref}: cannot read it as a TOML file ({type(e).__name__}: {e})") from None
+    elif ref in sweep_names():
+        family, name = ref.split("/", 1)
+        text = (resources.files("toyformer") / "sweeps" / family / f"{name}.toml").read_text()
+    else:
+        raise ConfigError(f"unknown sweep {ref!r}: give a name from `toyformer sweeps` or the path of a TOML file")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{ref}: not valid TOML ({e})") from None
+    raw["set"] = [*raw.get("set", []), *(overrides or [])] if isinstance(raw.get("set", []), list) else raw["set"]
+    return validate_as(SweepConfig, raw)

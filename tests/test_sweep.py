@@ -1,0 +1,144 @@
+"""Sweeps on the local backend: every cell a seed group whose numbers are its members' own, results.csv and
+summary.json gathered from them, a SIGKILLed sweep resumed to the same results without training finished cells
+again, a failing cell recorded while the others finish, bad sweeps refused before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from toyformer.cli import app
+from toyformer.sweep.spec import cells, load_sweep
+
+BASE = ["data.sequences=300", "theory.kernels=50", "train.probes=4", "train.checkpoints=2"]
+
+
+def _sweep(tmp_path: Path, name: str, steps: int, axes: str, extra: str = "") -> Path:
+    path = tmp_path / f"{name}.toml"
+    overrides = ", ".join(f'"{o}"' for o in [*BASE, f"train.stages.0.steps={steps}"])
+    path.write_text(
+        f'name = "{name}"\nrecipe = "induction/grid-base"\nset = [{overrides}]\nseeds = [0, 1]\n{axes}\n{extra}\n'
+        '[[plots]]\nvalue = "claim:the selected subset is the theory\'s S*"\nx = "data.alpha"\n'
+    )
+    return path
+
+
+GRID = '[axes]\n"data.alpha" = [0.1, 1.0]\n[zip]\n"data.parents" = [[1, 2], [1, 3]]\n'
+UNEVEN = '[zip]\n"data.d" = [2, 3]\n"data.length" = [50]\n'
+CLAIM = (
+    '[[claims]]\nname = "S*"\nclaim = "the selected subset is the theory\'s S*"\nmin_share = 0.5\nwhere = "clear"\n'
+    "margin_min = 0.05\n"
+)
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_sweep_gathers_its_cells_members(tmp_path):
+    spec = _sweep(tmp_path, "small", 15, GRID, CLAIM)
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "s"
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    grid = cells(load_sweep(str(spec)))
+    assert [c.values for c in grid] == [
+        {"data.alpha": a, "data.parents": p} for a in (0.1, 1.0) for p in ([1, 2], [1, 3])
+    ]
+    rows = _csv(out)
+    assert len(rows) == 4 * 2
+    for row in rows:  # every row is its member's own summary
+        member = json.loads((out / "cells" / row["cell"] / f"seed-{row['seed']}" / "summary.json").read_text())
+        assert float(row["loss_val"]) == member["final"]["loss_val"]
+        assert row["theory.predicted_subset"] == member["theory"]["predicted_subset"]
+        ok = {c["name"]: c["ok"] for c in member["checks"]}
+        assert int(row["claim:the selected subset is the theory's S*"]) == ok["the selected subset is the theory's S*"]
+    summary = json.loads((out / "summary.json").read_text())
+    for entry, cell in zip(summary["cells"], grid, strict=True):
+        group = json.loads((out / "cells" / cell.name / "summary.json").read_text())
+        share = next(c["share"] for c in group["checks"] if c["name"] == "the selected subset is the theory's S*")
+        assert entry["claims"]["the selected subset is the theory's S*"] == share
+        assert entry["theory"]["predicted_subset"] == ",".join(map(str, cell.values["data.parents"]))
+    (claim,) = summary["checks"]
+    clear = [e for e in summary["cells"] if not e["tie"] and e["theory"]["mi_margin"] >= 0.05]
+    assert claim["cells"] == len(clear) and claim["cells"] + len(claim["not_claimed"]) == 4
+    assert claim["ok"] == all(e["claims"]["the selected subset is the theory's S*"] >= 0.5 for e in clear)
+    assert (out / "figures" / "phase-the-selected-subset-is-the-theory-s-S.png").stat().st_size > 1000
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # the uninterrupted and the resumed processes alike
+    return subprocess.Popen([sys.executable, "-m", "toyformer.cli", *args], env=env, stdout=subprocess.DEVNULL)
+
+
+def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
+    spec = _sweep(tmp_path, "killed", 300, GRID)
+    assert _cli("sweep", str(spec), "--out", str(tmp_path / "whole")).wait() == 0
+    cut = tmp_path / "cut"
+    proc = _cli("sweep", str(spec), "--out", str(cut))
+    first = cut / "cells" / "cell-000" / "summary.json"
+    deadline = time.time() + 300
+    while not first.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next cell
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.is_file() and not (cut / "results.csv").exists()
+    done = {p.parent.name: p.stat().st_mtime_ns for p in (cut / "cells").glob("cell-*/summary.json")}
+    assert len(done) < 4
+    assert _cli("sweep", "--resume", str(cut)).wait() == 0
+    for name, mtime in done.items():  # finished cells were not trained again
+        assert (cut / "cells" / name / "summary.json").stat().st_mtime_ns == mtime
+    assert (cut / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+
+
+def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
+    axes = '[axes]\n"data.alpha" = [0.1]\n"train.stages.0.lr" = [1.0, 1e30]\n'  # lr 1e30: every member diverges
+    spec = _sweep(tmp_path, "failing", 10, axes)
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "s"), "--retries", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    good, bad = summary["cells"]
+    assert good["status"] == "done" and bad["status"] == "failed" and summary["failed"] == [bad["name"]]
+    assert bad["error"].startswith("FloatingPointError: every member diverged") and bad["attempts"] == 2
+    rows = _csv(tmp_path / "s")
+    assert [r["error"] != "" for r in rows] == [False, False, True, True]
+    assert "failed cells" in result.stderr
+
+
+def test_bad_sweeps_are_one_line_errors_and_write_nothing(tmp_path):
+    cases = {
+        "axis value": _sweep(tmp_path, "a", 5, '[axes]\n"data.alpha" = [0.1, -1.0]\n'),
+        "unknown key": _sweep(tmp_path, "b", 5, '[axes]\n"data.colour" = [1]\n'),
+        "zip lengths": _sweep(
+            tmp_path, "c", 5, '[axes]\n"data.alpha" = [0.1]\n[zip]\n"data.d" = [2, 3]\n"data.length" = [50]\n'
+        ),
+        "plot axis": _sweep(tmp_path, "d", 5, '[axes]\n"data.d" = [3]\n'),
+    }
+    for why, spec in cases.items():
+        out = tmp_path / f"out-{spec.stem}"
+        result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out)])
+        assert result.exit_code == 2, (why, result.output)
+        assert "\n" not in result.stderr.strip() and "Traceback" not in result.output, why
+        assert not out.exists(), why
+    assert "sweep cell 1" in CliRunner().invoke(app, ["sweep", str(cases["axis value"])]).stderr
+    result = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "not a sweep directory" in result.stderr
+
+
+def test_shipped_sweeps_validate_every_cell():
+    result = CliRunner().invoke(app, ["sweeps"])
+    assert result.exit_code == 0 and "induction/selection-phase" in result.stdout
+    spec = load_sweep("induction/selection-phase")
+    grid = cells(spec)
+    assert len(grid) >= 24 and len(spec.seeds) >= 8
+    assert {tuple(c.values["data.parents"]) for c in grid} == {(1,), (2,), (1, 2), (1, 3), (2, 3), (1, 2, 3)}
