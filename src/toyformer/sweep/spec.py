@@ -70,7 +70,7 @@ class SweepConfig(Strict):
         keys = {*self.axes, *self.zip}
         fixed = {item.split("=", 1)[0].strip() for item in self.set}
         if fixed & keys:
-            raise ValueError(f"set: {sorted(fixed & keys)} would do nothing: an axis of the sweep sets it in every cell")
+            raise ValueError(f"set: {sorted(fixed & keys)} would do nothing: an axis sets it in every cell")
         for plot in self.plots:
             for axis in (plot.x, plot.y):
                 if axis is not None and axis not in keys:
