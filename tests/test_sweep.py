@@ -13,10 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from test_ensemble import TOPIC_SMALL, _close
+from toyformer import tasks
 from toyformer.cli import app
+from toyformer.runs import Run
+from toyformer.sweep.local import blocks, run_sweep
 from toyformer.sweep.spec import cells, load_sweep
+from toyformer.train.loop import train
+from toyformer.train.seeds import member_config
 
 BASE = ["data.sequences=300", "theory.kernels=50", "train.probes=4", "train.checkpoints=2"]
 
@@ -25,7 +32,7 @@ def _sweep(tmp_path: Path, name: str, steps: int, axes: str, extra: str = "") ->
     path = tmp_path / f"{name}.toml"
     overrides = ", ".join(f'"{o}"' for o in [*BASE, f"train.stages.0.steps={steps}"])
     path.write_text(
-        f'name = "{name}"\nrecipe = "induction/grid-base"\nset = [{overrides}]\nseeds = [0, 1]\n{axes}\n{extra}\n'
+        f'name = "{name}"\nrecipe = "induction/grid-base"\nset = [{overrides}]\nseeds = [0, 1]\n{extra}\n{axes}\n'
         '[[plots]]\nvalue = "claim:the selected subset is the theory\'s S*"\nx = "data.alpha"\n'
     )
     return path
@@ -81,7 +88,7 @@ def _cli(*args: str) -> subprocess.Popen:
 
 
 def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
-    spec = _sweep(tmp_path, "killed", 300, GRID)
+    spec = _sweep(tmp_path, "killed", 300, GRID, "stack_members = 2\n")  # a block per cell: cells finish one by one
     assert _cli("sweep", str(spec), "--out", str(tmp_path / "whole")).wait() == 0
     cut = tmp_path / "cut"
     proc = _cli("sweep", str(spec), "--out", str(cut))
@@ -101,17 +108,20 @@ def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
     assert (cut / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
 
 
-def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
-    axes = '[axes]\n"data.alpha" = [0.1]\n"train.stages.0.lr" = [1.0, 1e30]\n'  # lr 1e30: every member diverges
+def test_failing_cells_are_recorded_and_the_others_finish(tmp_path):
+    # lr 1e30: every member diverges; targets = 'all': the stacked ensemble raises when it is built (no grouped plan)
+    axes = '[axes]\n"data.alpha" = [0.1]\n"train.stages.0.lr" = [1.0, 1e30]\n"data.targets" = ["last", "all"]\n'
     spec = _sweep(tmp_path, "failing", 10, axes)
     result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "s"), "--retries", "1"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
-    good, bad = summary["cells"]
-    assert good["status"] == "done" and bad["status"] == "failed" and summary["failed"] == [bad["name"]]
-    assert bad["error"].startswith("FloatingPointError: every member diverged") and bad["attempts"] == 2
+    good, all_targets, diverged, both = summary["cells"]
+    assert good["status"] == "done" and summary["failed"] == [all_targets["name"], diverged["name"], both["name"]]
+    assert diverged["error"].startswith("FloatingPointError: every member diverged") and diverged["attempts"] == 1
+    for e in (all_targets, both):  # an exception: retried once afresh, then recorded with its message
+        assert e["error"].startswith("ConfigError: a stacked ensemble of induction models") and e["attempts"] == 2
     rows = _csv(tmp_path / "s")
-    assert [r["error"] != "" for r in rows] == [False, False, True, True]
+    assert [r["error"] != "" for r in rows] == [False, False, True, True, True, True, True, True]
     assert "failed cells" in result.stderr
 
 
@@ -142,3 +152,33 @@ def test_shipped_sweeps_validate_every_cell():
     grid = cells(spec)
     assert len(grid) >= 24 and len(spec.seeds) >= 8
     assert {tuple(c.values["data.parents"]) for c in grid} == {(1,), (2,), (1, 2), (1, 3), (2, 3), (1, 2, 3)}
+
+
+STACKED = {  # cells that differ in data and initial values only: one stacked ensemble of every cell's seeds
+    "induction": ("induction/grid-base", [*BASE, "train.stages.0.steps=12"], GRID),
+    "topic": (
+        "topic/s2",
+        [*TOPIC_SMALL, "train.steps=10"],
+        '[axes]\n"data.alpha" = [0.1, 0.3]\n"model.init_scale" = [0.01, 0.001]\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(STACKED))
+def test_stacked_cells_give_each_member_its_solo_numbers(tmp_path, family):
+    recipe, overrides, axes = STACKED[family]
+    path = tmp_path / "stacked.toml"
+    sets = ", ".join(f'"{o}"' for o in overrides)
+    path.write_text(f'recipe = "{recipe}"\nset = [{sets}]\nseeds = [0, 1]\n{axes}')
+    spec = load_sweep(str(path))
+    grid = cells(spec)
+    assert len(grid) == 4 and [len(b.cells) for b in blocks(spec, grid)] == [4]  # one ensemble of 8 members
+    out = run_sweep(str(path), tmp_path / "s")
+    for cell in grid:
+        for seed in spec.seeds:
+            solo = train(tasks.build(member_config(cell.config, seed)), tmp_path / f"solo-{cell.name}-{seed}")
+            member = Run(out / "cells" / cell.name / f"seed-{seed}")
+            _close(member.metrics(), solo.metrics())
+            assert member.summary()["theory"] == solo.summary()["theory"]
+    finals = {json.dumps(Run(out / "cells" / c.name / "seed-0").metrics()[-1]["loss_train"]) for c in grid}
+    assert len(finals) == 4  # the cells are different settings, not copies

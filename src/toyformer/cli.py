@@ -647,12 +647,12 @@ def sweep(
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             target = out or Path("runs") / f"sweep-{name.removesuffix('.toml').replace('/', '-')}-{stamp}"
         with _progress() as progress:
-            on_cell = _sweep_progress(progress)
+            on_block = _sweep_progress(progress)
             try:
                 if resume is not None:
-                    resume_sweep(target, retries=retries, progress=on_cell)
+                    resume_sweep(target, retries=retries, progress=on_block)
                 else:
-                    run_sweep(name, target, list(set_ or []), retries=retries, progress=on_cell)
+                    run_sweep(name, target, list(set_ or []), retries=retries, progress=on_block)
             except KeyboardInterrupt:
                 console.print(f"interrupted: continue with `toyformer sweep --resume {target}`", highlight=False)
                 raise typer.Exit(130) from None
@@ -663,27 +663,26 @@ def sweep(
 
 
 def _sweep_progress(progress: Progress):
-    """A bar over the cells, and one over the current cell's steps (its seeds stacked)."""
-    cells_bar, steps_bar = None, None
+    """A bar over the blocks of cells, and one over the current block's steps (its cells' seeds stacked)."""
+    bars: dict[str, int] = {}
 
-    def on_cell(cell, k: int, total: int):
-        nonlocal cells_bar, steps_bar
-        if cells_bar is None:
-            cells_bar = progress.add_task("cells", total=total, info="")
-        progress.update(cells_bar, completed=k, info=cell.label())
-        if steps_bar is not None:
-            progress.remove_task(steps_bar)
-        cfg = cell.config
-        steps_bar = progress.add_task(f"{cell.name} × {len(cfg.seeds)} seeds", total=cfg.train.steps + 1, info="")
+    def on_block(block, k: int, total: int):
+        if "blocks" not in bars:
+            bars["blocks"] = progress.add_task("blocks of cells", total=total, info="")
+        progress.update(bars["blocks"], completed=k, info=", ".join(c.name for c in block.cells))
+        if "steps" in bars:
+            progress.remove_task(bars["steps"])
+        steps = block.cells[0].config.train.steps
+        bars["steps"] = progress.add_task(f"{block.name}: {block.members} members", total=steps + 1, info="")
 
-        def on_step(step: int, records: list | dict | None) -> None:
-            progress.update(steps_bar, completed=step + 1)
-            if step == cfg.train.steps:
-                progress.update(cells_bar, completed=k + 1)
+        def on_step(step: int, records) -> None:
+            progress.update(bars["steps"], completed=step + 1)
+            if step == steps:
+                progress.update(bars["blocks"], completed=k + 1)
 
         return on_step
 
-    return on_cell
+    return on_block
 
 
 def _sweep_results(path: Path) -> Path:

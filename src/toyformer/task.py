@@ -32,6 +32,9 @@ class Task:
     optimizer: str | None = None
     stacked: str | None = None
     group_panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra (title, metrics) panels of group figures
+    # config keys in which members of one stacked ensemble may differ, besides the seed: they change a member's data
+    # or initial values, never the model's shapes, the optimizer or the shared step (sweeps stack such cells)
+    stack_keys: tuple[str, ...] = ()
 
     @property
     def trains(self) -> bool:

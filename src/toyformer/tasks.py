@@ -20,12 +20,22 @@ TASKS: dict[str, Task] = {
         optimizer="toyformer.topic.experiment:optimizer",
         stacked="toyformer.topic.stacked:TopicStep",
         group_panels=(("distance from initialisation", DISTANCE_CURVES),),
+        stack_keys=(
+            "data.alpha",
+            "data.tau",
+            "masking.select_prob",
+            "masking.mask_prob",
+            "masking.random_prob",
+            "masking.keep_prob",
+            "model.init_scale",
+        ),
     ),
     "induction": Task(
         InductionConfig,
         experiment="toyformer.induction.experiment:InductionExperiment",
         optimizer="toyformer.induction.experiment:optimizer",
         stacked="toyformer.induction.stacked:InductionStep",
+        stack_keys=("data.parents", "data.alpha", "model.c_init", "model.a_init", "model.w_plus", "model.w_minus"),
     ),
     "analyze": Task(AnalysisConfig),  # `toyformer analyze`: measures a pretrained model, trains nothing
 }

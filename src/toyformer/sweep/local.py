@@ -1,28 +1,71 @@
-"""The local backend: every cell of a sweep trained in this process, one seed group after another (the seeds of a
-cell stacked unless the sweep says ``sequential``). The sweep directory holds ``sweep.json`` (the resolved sweep and
-its cells) and ``cells/cell-NNN/`` (each a seed group in the usual format). A cell is finished when its group's
-summary.json exists, or failed when its ``error.json`` does; ``resume`` trains only what is neither. A cell that
-raises, or whose every member diverged, is failed: its error is recorded and the sweep goes on, after ``retries``
-fresh attempts."""
+"""The local backend: every cell of a sweep trained in this process. Cells whose configs differ only in what their
+family lets stacked members differ in (``Task.stack_keys``: data, initial values) train together as one stacked
+ensemble, a block, every seed of every cell a member; a sequential sweep trains each cell's seeds one after another.
+The sweep directory holds ``sweep.json`` (the resolved sweep and its cells), ``cells/cell-NNN/`` (each a seed group
+in the usual format) and ``blocks/block-NNN/`` (a block's resumable state). A cell is finished when its group's
+summary.json exists, or failed when its ``error.json`` does; ``resume`` trains only the blocks with a cell that is
+neither. A block that raises fails its cells, a cell whose every member diverged fails alone: the error is recorded
+and the sweep goes on, after ``retries`` fresh attempts of the block."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from toyformer import tasks
-from toyformer.config import ConfigError
-from toyformer.runs import atomic_write
+from toyformer.config import ConfigError, validate_as
+from toyformer.runs import Run, atomic_write
 from toyformer.sweep.spec import Cell, SweepConfig, cells, load_sweep
-from toyformer.train.seeds import GROUP, Group, resume_seeds, run_seeds
+from toyformer.train.ensemble import STATE, Ensemble, Member
+from toyformer.train.seeds import GROUP, Group, member_config, resume_seeds, run_seeds, write_group
 
 SWEEP = "sweep.json"
 ERROR = "error.json"
 
-# (cell, its number among the cells left to train, how many are left) → the on_step of its ensemble, or None
-CellProgress = Callable[[Cell, int, int], Callable | None]
+# (block, its number among the blocks left to train, how many are left) → the on_step of its ensemble, or None
+BlockProgress = Callable[["Block", int, int], Callable | None]
+
+
+@dataclass
+class Block:
+    """Cells trained as one stacked ensemble: every seed of every cell a member. Its resumable state lives in
+    ``blocks/<name>/``; each cell stays a seed group in the usual format."""
+
+    name: str
+    cells: list[Cell]
+    seeds: list[int]
+
+    @property
+    def members(self) -> int:
+        return len(self.cells) * len(self.seeds)
+
+
+def blocks(spec: SweepConfig, grid: list[Cell]) -> list[Block]:
+    """The grid cut into blocks: cells whose configs differ only in their family's ``Task.stack_keys`` (data,
+    initial values) share one, at most ``spec.stack_members`` members each, in cell order; every cell its own
+    block when the sweep is sequential or ``stack_members`` leaves room for one cell only."""
+    per_block = max(1, spec.stack_members // len(spec.seeds)) if not spec.sequential else 1
+    kinds: dict[str, list[Cell]] = {}
+    for cell in grid:
+        kinds.setdefault(_shape(cell), []).append(cell)
+    chunks = [group[i : i + per_block] for group in kinds.values() for i in range(0, len(group), per_block)]
+    chunks.sort(key=lambda chunk: chunk[0].index)
+    return [Block(f"block-{k:03d}", chunk, spec.seeds) for k, chunk in enumerate(chunks)]
+
+
+def _shape(cell: Cell) -> str:
+    """The cell's config without what may differ inside one ensemble."""
+    raw = cell.config.model_dump(mode="json", exclude_none=True)
+    for key in ("name", "description", "seed", "seeds", "claims", *tasks.task_of(cell.config).stack_keys):
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return json.dumps(raw, sort_keys=True)
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
@@ -63,38 +106,80 @@ def status(out: Path, cell: Cell) -> str:
 
 
 def train_cells(
-    out: Path, spec: SweepConfig, grid: list[Cell], retries: int = 0, progress: CellProgress | None = None
+    out: Path, spec: SweepConfig, grid: list[Cell], retries: int = 0, progress: BlockProgress | None = None
 ) -> None:
-    """Train every cell that is neither done nor failed."""
-    todo = [c for c in grid if status(out, c) in ("new", "started")]
-    for k, cell in enumerate(todo):
-        on_step = progress(cell, k, len(todo)) if progress else None
+    """Train every block that has a cell neither done nor failed."""
+    todo = [b for b in blocks(spec, grid) if any(status(out, c) in ("new", "started") for c in b.cells)]
+    for k, block in enumerate(todo):
+        on_step = progress(block, k, len(todo)) if progress else None
         for attempt in range(retries + 1):
             try:
-                _train_cell(out, spec, cell, on_step)
+                _train_block(out, spec, block, on_step)
                 break
-            except Exception as e:  # any failure of one cell is recorded; an interrupt stops the sweep
+            except Exception as e:  # any failure of a block is recorded for its cells; an interrupt stops the sweep
                 if attempt < retries:
-                    shutil.rmtree(cell_dir(out, cell), ignore_errors=True)  # a fresh attempt, not a resume
+                    _clear(out, block)  # a fresh attempt, not a resume
                     continue
                 message = str(e).splitlines()[0] if str(e) else ""
-                error = {"error": f"{type(e).__name__}: {message}", "attempts": attempt + 1}
-                atomic_write(cell_dir(out, cell) / ERROR, json.dumps(error, indent=2))
+                for cell in block.cells:
+                    _fail(out, cell, f"{type(e).__name__}: {message}", attempt + 1)
+        for cell in block.cells:  # a cell whose every member diverged found nothing
+            path = cell_dir(out, cell)
+            if (path / "summary.json").is_file() and not (path / ERROR).is_file():
+                summary = json.loads((path / "summary.json").read_text())
+                if summary["diverged"] and len(summary["diverged"]) == summary["members"]:
+                    _fail(out, cell, f"FloatingPointError: every member diverged (seeds {summary['diverged']})", 1)
 
 
-def _train_cell(out: Path, spec: SweepConfig, cell: Cell, on_step: Callable | None) -> None:
-    path = cell_dir(out, cell)
-    task = tasks.task_of(cell.config)
-    if (path / GROUP).is_file():
-        group = Group.read(path)
-        resume_seeds(path, group, tasks.validate(group.config), task, on_step)
-    else:
-        if path.exists():  # killed before its group.json: nothing of it was trained
-            shutil.rmtree(path)
-        run_seeds(cell.config, task, spec.seeds, path, sequential=spec.sequential, on_step=on_step)
-    summary = json.loads((path / "summary.json").read_text())
-    if len(summary["diverged"]) == summary["members"]:
-        raise FloatingPointError(f"every member diverged (at steps of {summary['diverged']})")
+def _fail(out: Path, cell: Cell, error: str, attempts: int) -> None:
+    atomic_write(cell_dir(out, cell) / ERROR, json.dumps({"error": error, "attempts": attempts}, indent=2))
+
+
+def _clear(out: Path, block: Block) -> None:
+    shutil.rmtree(Path(out) / "blocks" / block.name, ignore_errors=True)
+    for cell in block.cells:
+        shutil.rmtree(cell_dir(out, cell), ignore_errors=True)
+
+
+def _train_block(out: Path, spec: SweepConfig, block: Block, on_step: Callable | None) -> None:
+    """The block's ensemble from its last state, or from the start; then each cell's group summary and figures. A
+    sequential sweep trains its one cell's seeds one after another instead."""
+    state = Path(out) / "blocks" / block.name
+    task = tasks.task_of(block.cells[0].config)
+    if spec.sequential:
+        (cell,) = block.cells
+        path = cell_dir(out, cell)
+        if (path / GROUP).is_file():
+            resume_seeds(path, Group.read(path), cell.config, task)
+        else:
+            run_seeds(cell.config, task, block.seeds, path, sequential=True)
+        return
+    if (state / STATE).is_file():
+        members = []
+        for cell in block.cells:
+            for seed in block.seeds:
+                run = Run.open(cell_dir(out, cell) / f"seed-{seed}")
+                members.append(Member(seed, task.build(validate_as(type(cell.config), run.raw_config())), run))
+        ensemble = Ensemble(members, state, task)
+        start = ensemble.restore()
+    else:  # never started, or killed before its first state: nothing was trained
+        _clear(out, block)
+        experiments = [(c, s, task.build(member_config(c.config, s))) for c in block.cells for s in block.seeds]
+        for cell in block.cells:
+            path = cell_dir(out, cell)
+            path.mkdir(parents=True)
+            config = cell.config.model_dump(mode="json", exclude_none=True)
+            Group(block.seeds, config, stacked=True).write(path)
+        members = [Member(s, x, Run.create(x.cfg, cell_dir(out, c) / f"seed-{s}")) for c, s, x in experiments]
+        state.mkdir(parents=True)
+        ensemble = Ensemble(members, state, task)
+        start = 0
+    ensemble.train(start, on_step)
+    summaries = ensemble.finish()
+    n = len(block.seeds)
+    for i, cell in enumerate(block.cells):
+        runs = [m.run for m in ensemble.members[i * n : (i + 1) * n]]
+        write_group(cell_dir(out, cell), cell.config, task, runs, summaries[i * n : (i + 1) * n], figures=True)
 
 
 def run_sweep(ref: str, out: Path, overrides: list[str] | None = None, **kw) -> Path:

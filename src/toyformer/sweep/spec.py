@@ -16,7 +16,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import Field, model_validator
 
-from toyformer.config import MAX_SEEDS, ConfigError, RunConfig, Strict, validate_as
+from toyformer.config import MAX_SEEDS, ConfigError, RunConfig, Strict, no_effect, validate_as
 from toyformer.tasks import load
 
 TIE_SE = 2.0  # a theory margin within this many Monte-Carlo standard errors of 0 is a tie, not a prediction
@@ -52,6 +52,9 @@ class SweepConfig(Strict):
     axes: dict[str, list[Any]] = Field(description="config key → values; the axes are crossed")
     zip: dict[str, list[Any]] = Field(default_factory=dict, description="config key → values, varied together")
     sequential: bool = Field(False, description="train each cell's seeds one after another instead of stacked")
+    stack_members: int = Field(
+        64, ge=1, description="at most this many members (cells × seeds) in one stacked ensemble of cells"
+    )
     claims: list[GridClaim] = Field(default_factory=list)
     plots: list[Plot] = Field(default_factory=list)
 
@@ -65,6 +68,7 @@ class SweepConfig(Strict):
         both = set(self.axes) & set(self.zip)
         if both:
             raise ValueError(f"{sorted(both)}: a key is either an axis or zipped, not both")
+        no_effect("stack_members", self.stack_members, 64, self.sequential, "stacks cells, which sequential does not")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError("seeds: distinct seeds >= 0")
         keys = {*self.axes, *self.zip}

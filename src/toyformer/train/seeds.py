@@ -171,7 +171,7 @@ def resume_seeds(
 
 def _finish_stacked(out: Path, cfg: RunConfig, task: Task, ensemble: Ensemble, figures: bool) -> Path:
     summaries = ensemble.finish()
-    return _write_group(out, cfg, task, [m.run for m in ensemble.members], summaries, figures)
+    return write_group(out, cfg, task, [m.run for m in ensemble.members], summaries, figures)
 
 
 def _finish_sequential(out: Path, cfg: RunConfig, task: Task, seeds: list[int], progress: MemberProgress) -> Path:
@@ -185,10 +185,10 @@ def _finish_sequential(out: Path, cfg: RunConfig, task: Task, seeds: list[int], 
             with progress(member) as on_step:
                 train(experiment, path, on_step, resume)
         summaries.append(Run(path).summary())
-    return _write_group(out, cfg, task, [Run(out / f"seed-{seed}") for seed in seeds], summaries, figures=True)
+    return write_group(out, cfg, task, [Run(out / f"seed-{seed}") for seed in seeds], summaries, figures=True)
 
 
-def _write_group(out: Path, cfg: RunConfig, task: Task, runs: list[Run], summaries: list[dict], figures: bool) -> Path:
+def write_group(out: Path, cfg: RunConfig, task: Task, runs: list[Run], summaries: list[dict], figures: bool) -> Path:
     """The group's figures (when asked) and its summary.json, written last: it marks the group complete."""
     if figures:
         write_group_figures(out, cfg, runs, task.group_panels)
