@@ -137,15 +137,21 @@ class RunConfig(Strict):
 # Loading: recipes, files, overrides
 
 
-def recipe_names() -> list[str]:
-    root = resources.files("toyformer") / "recipes"
+def packaged_names(kind: str) -> list[str]:
+    """The shipped TOML files of a kind ("recipe", "sweep"), as "family/name", from the package folder kind + "s"."""
+    root = resources.files("toyformer") / f"{kind}s"
     names = []
     for family in sorted(p for p in root.iterdir() if p.is_dir()):
         names += [f"{family.name}/{f.name[:-5]}" for f in sorted(family.iterdir()) if f.name.endswith(".toml")]
     return names
 
 
-def _read_toml(ref: str) -> dict[str, Any]:
+def recipe_names() -> list[str]:
+    return packaged_names("recipe")
+
+
+def read_toml(ref: str, kind: str) -> dict[str, Any]:
+    """A shipped TOML of ``kind`` by name, or a TOML file by path, parsed; errors as one-line ConfigErrors."""
     path = Path(ref)
     if ref.endswith(".toml") and path.exists():
         try:
@@ -153,16 +159,20 @@ def _read_toml(ref: str) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{ref}: cannot read it as a TOML file ({type(e).__name__}: {e})") from None
     else:
-        if ref not in recipe_names():
+        if ref not in packaged_names(kind):
             raise ConfigError(
-                f"unknown recipe {ref!r}: give a name from `toyformer recipes` or the path of a TOML file"
+                f"unknown {kind} {ref!r}: give a name from `toyformer {kind}s` or the path of a TOML file"
             )
         family, name = ref.split("/", 1)
-        text = (resources.files("toyformer") / "recipes" / family / f"{name}.toml").read_text()
+        text = (resources.files("toyformer") / f"{kind}s" / family / f"{name}.toml").read_text()
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{ref}: not valid TOML ({e})") from None
+
+
+def _read_toml(ref: str) -> dict[str, Any]:
+    raw = read_toml(ref, "recipe")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw

@@ -51,7 +51,8 @@ def phase_diagram(spec: SweepConfig, summary: dict, plot: Plot, path: Path) -> P
             j = xs.index(literal(e["values"][plot.x]))
             grid[i, j] = _value(e, plot.value)
             text = "failed" if e["status"] == "failed" else f"{grid[i, j]:.2g}\n{_note(e)}".strip()
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            dark = share and grid[i, j] < 0.5  # the low end of viridis: white text reads there
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
             if e.get("tie"):
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="grey", lw=0))
             if e["status"] == "failed":

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
 from pydantic import Field, model_validator
 
-from toyformer.config import MAX_SEEDS, ConfigError, RunConfig, Strict, no_effect, validate_as
+from toyformer.config import (
+    MAX_SEEDS,
+    ConfigError,
+    RunConfig,
+    Strict,
+    no_effect,
+    packaged_names,
+    read_toml,
+    validate_as,
+)
 from toyformer.tasks import load
 
 TIE_SE = 2.0  # a theory margin within this many Monte-Carlo standard errors of 0 is a tie, not a prediction
@@ -127,29 +133,12 @@ def cells(spec: SweepConfig) -> list[Cell]:
 
 
 def sweep_names() -> list[str]:
-    root = resources.files("toyformer") / "sweeps"
-    names = []
-    for family in sorted(p for p in root.iterdir() if p.is_dir()):
-        names += [f"{family.name}/{f.name[:-5]}" for f in sorted(family.iterdir()) if f.name.endswith(".toml")]
-    return names
+    return packaged_names("sweep")
 
 
 def load_sweep(ref: str, overrides: list[str] | None = None) -> SweepConfig:
     """A shipped sweep's name or a sweep TOML file; ``overrides`` are added to its ``set`` list."""
-    path = Path(ref)
-    if ref.endswith(".toml") and path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{ref}: cannot read it as a TOML file ({type(e).__name__}: {e})") from None
-    elif ref in sweep_names():
-        family, name = ref.split("/", 1)
-        text = (resources.files("toyformer") / "sweeps" / family / f"{name}.toml").read_text()
-    else:
-        raise ConfigError(f"unknown sweep {ref!r}: give a name from `toyformer sweeps` or the path of a TOML file")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{ref}: not valid TOML ({e})") from None
-    raw["set"] = [*raw.get("set", []), *(overrides or [])] if isinstance(raw.get("set", []), list) else raw["set"]
+    raw = read_toml(ref, "sweep")
+    if isinstance(raw.get("set", []), list):
+        raw["set"] = [*raw.get("set", []), *(overrides or [])]
     return validate_as(SweepConfig, raw)
