@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import tomli_w
 from pydantic import Field, model_validator
 
 from toyformer.config import (
@@ -87,9 +86,6 @@ class SweepConfig(Strict):
                     raise ValueError(f"plots: {axis!r} is not an axis of the sweep ({sorted(keys)})")
         return self
 
-    def dump(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
-
 
 @dataclass
 class Cell:
@@ -100,9 +96,6 @@ class Cell:
     @property
     def name(self) -> str:
         return f"cell-{self.index:03d}"
-
-    def label(self) -> str:
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={literal(v)}" for k, v in self.values.items())
 
 
 def literal(value: Any) -> str:
