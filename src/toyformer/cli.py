@@ -10,7 +10,7 @@ import json
 import math
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -621,7 +621,15 @@ def sweeps() -> None:
 def sweep(
     name: Annotated[str | None, typer.Argument(help="a name from `toyformer sweeps` or a sweep TOML file")] = None,
     set_: SetOpt = None,
-    backend: Annotated[str, typer.Option(help="local: every cell in this process")] = "local",
+    backend: Annotated[
+        str, typer.Option(help="local: every cell in this process; ray: one Ray Tune trial per block of cells")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="--backend ray: join this Ray cluster (else a local one is started)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="--backend ray: trials at once (default: one per GPU, else per 2 CPUs)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="the sweep directory (default: runs/sweep-NAME-TIME)")] = None,
     retries: Annotated[int, typer.Option(help="fresh attempts of a cell that fails before it is recorded")] = 0,
     resume: Annotated[Path | None, typer.Option(help="finish an interrupted sweep directory")] = None,
@@ -633,8 +641,13 @@ def sweep(
     from toyformer.sweep.local import resume_sweep, run_sweep
 
     try:
-        if backend != "local":
-            raise ConfigError(f"--backend {backend!r}: the backend here is local")
+        if backend not in ("local", "ray"):
+            raise ConfigError(f"--backend {backend!r}: choose local or ray")
+        if backend == "local" and (address is not None or workers is not None):
+            flag = "--address" if address is not None else "--workers"
+            raise ConfigError(f"{flag} would do nothing with --backend local: add --backend ray")
+        if workers is not None and workers < 1:
+            raise ConfigError("--workers must be >= 1")
         if retries < 0:
             raise ConfigError("--retries must be >= 0")
         if resume is not None:
@@ -646,13 +659,21 @@ def sweep(
         else:
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             target = out or Path("runs") / f"sweep-{name.removesuffix('.toml').replace('/', '-')}-{stamp}"
-        with _progress() as progress:
-            on_block = _sweep_progress(progress)
+        with ExitStack() as stack:
+            progress = stack.enter_context(_progress())
+            if backend == "ray":
+                from toyformer.sweep import raytune
+
+                stack.enter_context(raytune.cluster(address))  # joined before anything is written
+                kw = {"train": raytune.train_cells, "address": address, "workers": workers}
+                kw["progress"] = _cells_progress(progress)
+            else:
+                kw = {"progress": _sweep_progress(progress)}
             try:
                 if resume is not None:
-                    resume_sweep(target, retries=retries, progress=on_block)
+                    resume_sweep(target, retries=retries, **kw)
                 else:
-                    run_sweep(name, target, list(set_ or []), retries=retries, progress=on_block)
+                    run_sweep(name, target, list(set_ or []), retries=retries, **kw)
             except KeyboardInterrupt:
                 console.print(f"interrupted: continue with `toyformer sweep --resume {target}`", highlight=False)
                 raise typer.Exit(130) from None
@@ -683,6 +704,18 @@ def _sweep_progress(progress: Progress):
         return on_step
 
     return on_block
+
+
+def _cells_progress(progress: Progress):
+    """A bar over the cells, finished or failed (the Ray backend reports no steps)."""
+    bar: list[int] = []
+
+    def on_cells(done: int, total: int) -> None:
+        if not bar:
+            bar.append(progress.add_task("cells", total=total, info=""))
+        progress.update(bar[0], completed=done)
+
+    return on_cells
 
 
 def _sweep_results(path: Path) -> Path:

@@ -105,30 +105,46 @@ def status(out: Path, cell: Cell) -> str:
     return "started" if (path / GROUP).is_file() else "new"
 
 
+def todo(out: Path, spec: SweepConfig, grid: list[Cell]) -> list[Block]:
+    """The blocks with a cell neither done nor failed."""
+    return [b for b in blocks(spec, grid) if any(status(out, c) in ("new", "started") for c in b.cells)]
+
+
 def train_cells(
     out: Path, spec: SweepConfig, grid: list[Cell], retries: int = 0, progress: BlockProgress | None = None
 ) -> None:
-    """Train every block that has a cell neither done nor failed."""
-    todo = [b for b in blocks(spec, grid) if any(status(out, c) in ("new", "started") for c in b.cells)]
-    for k, block in enumerate(todo):
-        on_step = progress(block, k, len(todo)) if progress else None
-        for attempt in range(retries + 1):
-            try:
-                _train_block(out, spec, block, on_step)
-                break
-            except Exception as e:  # any failure of a block is recorded for its cells; an interrupt stops the sweep
-                if attempt < retries:
-                    _clear(out, block)  # a fresh attempt, not a resume
-                    continue
-                message = str(e).splitlines()[0] if str(e) else ""
-                for cell in block.cells:
-                    _fail(out, cell, f"{type(e).__name__}: {message}", attempt + 1)
-        for cell in block.cells:  # a cell whose every member diverged found nothing
-            path = cell_dir(out, cell)
-            if (path / "summary.json").is_file() and not (path / ERROR).is_file():
-                summary = json.loads((path / "summary.json").read_text())
-                if summary["diverged"] and len(summary["diverged"]) == summary["members"]:
-                    _fail(out, cell, f"FloatingPointError: every member diverged (seeds {summary['diverged']})", 1)
+    """Train every block that has a cell neither done nor failed, one after another in this process."""
+    left = todo(out, spec, grid)
+    for k, block in enumerate(left):
+        train_block(out, spec, block, retries, progress(block, k, len(left)) if progress else None)
+
+
+def train_block(out: Path, spec: SweepConfig, block: Block, retries: int = 0, on_step: Callable | None = None) -> None:
+    """One block from where it stands, ``retries`` fresh attempts after a failure, which is then recorded for its
+    cells; then the cells whose every member diverged are recorded as failed."""
+    for attempt in range(retries + 1):
+        try:
+            _train_block(out, spec, block, on_step)
+            break
+        except Exception as e:  # any failure of a block is recorded for its cells; an interrupt stops the sweep
+            if attempt < retries:
+                _clear(out, block)  # a fresh attempt, not a resume
+                continue
+            fail(out, block, e, attempt + 1)
+    for cell in block.cells:  # a cell whose every member diverged found nothing
+        path = cell_dir(out, cell)
+        if (path / "summary.json").is_file() and not (path / ERROR).is_file():
+            summary = json.loads((path / "summary.json").read_text())
+            if summary["diverged"] and len(summary["diverged"]) == summary["members"]:
+                _fail(out, cell, f"FloatingPointError: every member diverged (seeds {summary['diverged']})", 1)
+
+
+def fail(out: Path, block: Block, error: BaseException, attempts: int) -> None:
+    """Record an exception as the error of the block's unfinished cells."""
+    message = str(error).splitlines()[0] if str(error) else ""
+    for cell in block.cells:
+        if status(out, cell) in ("new", "started"):
+            _fail(out, cell, f"{type(error).__name__}: {message}", attempts)
 
 
 def _fail(out: Path, cell: Cell, error: str, attempts: int) -> None:
@@ -182,14 +198,16 @@ def _train_block(out: Path, spec: SweepConfig, block: Block, on_step: Callable |
         write_group(cell_dir(out, cell), cell.config, task, runs, summaries[i * n : (i + 1) * n], figures=True)
 
 
-def run_sweep(ref: str, out: Path, overrides: list[str] | None = None, **kw) -> Path:
+def run_sweep(ref: str, out: Path, overrides: list[str] | None = None, train: Callable = train_cells, **kw) -> Path:
+    """Start a sweep in ``out`` and train it with ``train`` (this module's ``train_cells``, or another backend's
+    with the same first arguments); ``kw`` goes to ``train``."""
     spec = load_sweep(ref, overrides)
     grid = start(spec, out)
-    train_cells(out, spec, grid, **kw)
+    train(out, spec, grid, **kw)
     return Path(out)
 
 
-def resume_sweep(out: Path, **kw) -> Path:
+def resume_sweep(out: Path, train: Callable = train_cells, **kw) -> Path:
     spec, grid = reopen(out)
-    train_cells(out, spec, grid, **kw)
+    train(out, spec, grid, **kw)
     return Path(out)
