@@ -11,17 +11,22 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from test_ensemble import TOPIC_SMALL, _close
 from toyformer import tasks
 from toyformer.cli import app
+from toyformer.config import MEMORY_SHARE, machine_memory
 from toyformer.runs import Run
-from toyformer.sweep.local import blocks, run_sweep
-from toyformer.sweep.spec import cells, load_sweep
+from toyformer.sweep.local import blocks, run_sweep, start
+from toyformer.sweep.results import grid_claims
+from toyformer.sweep.spec import SweepConfig, cells, load_sweep, sweep_names
 from toyformer.train.loop import train
 from toyformer.train.seeds import member_config
 
@@ -152,6 +157,15 @@ def test_shipped_sweeps_validate_every_cell():
     grid = cells(spec)
     assert len(grid) >= 24 and len(spec.seeds) >= 8
     assert {tuple(c.values["data.parents"]) for c in grid} == {(1,), (2,), (1, 2), (1, 3), (2, 3), (1, 2, 3)}
+    stage = cells(load_sweep("topic/stage-phase"))
+    scales = sorted({c.values["model.init_scale"] for c in stage})
+    assert scales[-1] / scales[0] >= 1e3 and {c.values["masking.keep_prob"] for c in stage} >= {0.0, 0.1}
+    for name in sweep_names():  # every shipped sweep: each cell valid, each grid claim naming a claim of its cells
+        spec = load_sweep(name)
+        grid = cells(spec)
+        names = {c.name for c in grid[0].config.claims}
+        assert all(g.claim in names for g in spec.claims if g.claim), name
+        assert spec.plots and spec.claims, name
 
 
 STACKED = {  # cells that differ in data and initial values only: one stacked ensemble of every cell's seeds
@@ -182,3 +196,114 @@ def test_stacked_cells_give_each_member_its_solo_numbers(tmp_path, family):
             assert member.summary()["theory"] == solo.summary()["theory"]
     finals = {json.dumps(Run(out / "cells" / c.name / "seed-0").metrics()[-1]["loss_train"]) for c in grid}
     assert len(finals) == 4  # the cells are different settings, not copies
+
+
+def test_stacked_members_must_fit_together(tmp_path):
+    """Each member's data fits; 64 of them stacked in one block (or one seed group) do not: refused before anything
+    is written, and a smaller block, or sequential seeds, is accepted."""
+    cfg = tasks.load("induction/grid-base")
+    per_member = MEMORY_SHARE * machine_memory() / 40  # a 40th of what a config may hold: fine alone, not 64 times
+    sequences = int(per_member / (cfg.data_bytes() / cfg.data.sequences))
+    sets = f'"data.sequences={sequences}"'
+    spec = tmp_path / "big.toml"
+    spec.write_text(
+        f'recipe = "induction/grid-base"\nset = [{sets}]\nseeds = {list(range(8))}\n[axes]\n'
+        '"data.alpha" = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]\n'
+    )
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "stack_members = 64 needs about" in result.stderr, result.output
+    assert "block-000" in result.stderr and not (tmp_path / "s").exists()
+    ok = tmp_path / "ok"
+    start(load_sweep(str(spec)).model_copy(update={"stack_members": 16}), ok)  # 2 cells of 8 seeds a block
+    assert (ok / "sweep.json").is_file()
+    seeds = ",".join(map(str, range(64)))
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "induction/grid-base",
+            "--set",
+            f"data.sequences={sequences}",
+            "--seeds",
+            seeds,
+            "--out",
+            str(tmp_path / "g"),
+        ],
+    )
+    assert result.exit_code == 2 and "seeds = 64 needs about" in result.stderr, result.output
+    assert "sequential" in result.stderr and not (tmp_path / "g").exists()
+
+
+def _entries(ys: dict[tuple[float, float], float], share: dict[tuple[float, float], float]) -> list[dict]:
+    """Cells over (scale, p) as results.cell_summary writes them: a metric's mean and one claim's share."""
+    return [
+        {
+            "name": f"cell-{k:03d}",
+            "values": {"scale": x, "p": p},
+            "status": "done",
+            "theory": {},
+            "tie": None,
+            "claims": {"aligned": share[(x, p)]},
+            "final": {"onset": {"mean": y}},
+        }
+        for k, ((x, p), y) in enumerate(ys.items())
+    ]
+
+
+def _grid_spec(tmp_path: Path, claims: str) -> SweepConfig:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        'recipe = "induction/grid-base"\nseeds = [0]\n[axes]\n"data.alpha" = [0.1]\n"model.c_init" = [0.1]\n' + claims
+    )
+    raw = tomllib.loads(path.read_text())
+    raw["axes"] = {"scale": [1e-1, 1e-2, 1e-3, 1e-4], "p": [0.0, 0.1]}  # names the entries use
+    return SweepConfig.model_validate(raw)
+
+
+def test_grid_claims_of_both_kinds_can_fail(tmp_path):
+    claims = (
+        '[[claims]]\nname = "null at p = 0"\nclaim = "aligned"\nmin_share = 0.0\nmax_share = 0.0\n'
+        "only = { p = [0.0] }\n"
+        '[[claims]]\nname = "aligned at p > 0"\nclaim = "aligned"\nonly = { p = [0.1] }\n'
+        '[[claims]]\nname = "delay like log(1/scale)"\nmetric = "onset"\nalong = "scale"\nlog = true\n'
+        'slope = "negative"\nr2_min = 0.9\nonly = { p = [0.1] }\n'
+    )
+    spec = _grid_spec(tmp_path, claims)
+    assert SweepConfig.model_validate(spec.model_dump(mode="json")) == spec  # as sweep.json stores it
+    scales = [1e-1, 1e-2, 1e-3, 1e-4]
+    log_line = {(x, 0.1): 100 - 50 * np.log10(x) + (3 if i % 2 else -3) for i, x in enumerate(scales)}
+    flat = {(x, 0.0): 500.0 for x in scales}
+    share = {(x, p): float(p > 0) for x in scales for p in (0.0, 0.1)}
+    null, aligned, trend = grid_claims(spec, _entries(flat | log_line, share))
+    assert null["ok"] and null["cells"] == 4 and aligned["ok"] and aligned["cells"] == 4
+    (line,) = trend["lines"]
+    assert trend["ok"] and line["slope"] == pytest.approx(-50, rel=0.05) and line["r2"] > 0.99
+    assert line["values"] == {"p": 0.1}
+    # each of them fails when its cells say otherwise
+    leak = share | {(1e-3, 0.0): 0.25}
+    null, aligned, _ = grid_claims(spec, _entries(flat | log_line, leak))
+    assert not null["ok"] and null["failed"] == ["cell-002"] and aligned["ok"]
+    early = {(x, 0.1): 100 + 50 * np.log10(x) for x in scales}  # the delay shrinks as the init does
+    assert not grid_claims(spec, _entries(flat | early, share))[2]["ok"]
+    zigzag = {(x, 0.1): [100.0, 400.0, 120.0, 420.0][i] for i, x in enumerate(scales)}  # a slope, not a line
+    (line,) = grid_claims(spec, _entries(flat | zigzag, share))[2]["lines"]
+    assert line["slope"] < 0 and line["r2"] < 0.9 and not line["ok"]
+    two = {k: v for k, v in log_line.items() if k[0] >= 1e-2}  # two points always make a line: no test
+    (line,) = grid_claims(spec, _entries(flat | two, share))[2]["lines"]
+    assert line["r2"] is None and not line["ok"]
+
+
+def test_grid_claims_refuse_keys_that_do_nothing(tmp_path):
+    bad = {
+        "both kinds": 'claim = "aligned"\nmetric = "onset"\nalong = "scale"\n',
+        "neither": "min_share = 0.5\n",
+        "trend without an axis": 'metric = "onset"\n',
+        "share with a slope": 'claim = "aligned"\nslope = "negative"\n',
+        "trend with a share": 'metric = "onset"\nalong = "scale"\nmin_share = 0.5\n',
+        "min above max": 'claim = "aligned"\nmin_share = 0.5\nmax_share = 0.2\n',
+        "margin without clear": 'claim = "aligned"\nmargin_min = 0.05\n',
+        "not an axis": 'claim = "aligned"\nonly = { colour = [1] }\n',
+    }
+    for why, body in bad.items():
+        with pytest.raises(ValidationError):
+            _grid_spec(tmp_path, f'[[claims]]\nname = "{why}"\n{body}')

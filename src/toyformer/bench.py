@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -266,3 +270,62 @@ def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None
         results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     results["peak_memory_mb"] = peak_memory_mb()
     return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A whole sweep against the shell loop a user would write
+
+
+def _timed(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - start
+
+
+def sweep_speed(
+    name: str,
+    overrides: list[str],
+    backends: tuple[str, ...] = ("local", "ray"),
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Wall time of ``toyformer sweep NAME`` on each backend, against the same cells run one after another as
+    separate ``toyformer run RECIPE --seeds …`` processes (each cell's seeds stacked, as a user's shell loop would
+    run them), every one a child process on this machine, in this call; and how far their numbers agree."""
+    from toyformer.sweep.spec import cells, literal, load_sweep
+
+    spec = load_sweep(name, overrides)
+    grid = cells(spec)
+    cli = [sys.executable, "-m", "toyformer.cli"]
+    env = dict(os.environ)
+    seeds = ",".join(map(str, spec.seeds))
+    out: dict = {"sweep": spec.name, "set": spec.set, "cells": len(grid), "seeds": len(spec.seeds)}
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {}
+        for backend in backends:
+            progress(f"{spec.name}: the sweep, {backend} backend")
+            dirs[backend] = Path(tmp) / backend
+            cmd = [*cli, "sweep", name, "--backend", backend, "--out", str(dirs[backend])]
+            out[f"{backend}_s"] = _timed(cmd + [a for o in overrides for a in ("--set", o)], env)
+        loop = 0.0
+        for k, cell in enumerate(grid):
+            progress(f"{spec.name}: shell loop, cell {k + 1} of {len(grid)}")
+            sets = [*spec.set, *(f"{key}={literal(v)}" for key, v in cell.values.items())]
+            cmd = [*cli, "run", spec.recipe, "--seeds", seeds, "--out", str(Path(tmp) / "loop" / cell.name)]
+            loop += _timed(cmd + [a for s in sets for a in ("--set", s)], env)
+        out["shell_loop_s"] = loop
+        for backend in backends:
+            out[f"{backend}_vs_shell_loop"] = loop / out[f"{backend}_s"]
+        # the same members, stacked across cells or within one: the numbers a sweep reports are the loop's
+        worst = 0.0
+        for cell in grid:
+            for seed in spec.seeds:
+                a = json.loads((dirs[backends[0]] / "cells" / cell.name / f"seed-{seed}" / "summary.json").read_text())
+                b = json.loads((Path(tmp) / "loop" / cell.name / f"seed-{seed}" / "summary.json").read_text())
+                losses = [k for k in a["final"] if k.startswith("loss") and isinstance(a["final"][k], float)]
+                worst = max([worst, *(abs(a["final"][k] - b["final"][k]) for k in losses)])
+        out["max_final_loss_difference"] = worst
+    if "ray" in backends and "local" in backends:
+        out["ray_overhead_s"] = out["ray_s"] - out["local_s"]
+    return out

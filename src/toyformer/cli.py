@@ -773,11 +773,45 @@ def bench(
     json_path: Annotated[Path | None, typer.Option("--json", help="write the results to this JSON file")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(help="instead: time this sweep on each backend against a shell loop of `toyformer run --seeds`"),
+    ] = None,
+    set_: SetOpt = None,
+    backends: Annotated[str, typer.Option(help="--sweep: the backends timed, comma-separated")] = "local,ray",
 ) -> None:
     """Speed and memory: generators (tokens/s), S2 and E5 steps/s, seed-ensemble scaling, probe overhead, peak
-    memory; on a GPU also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON."""
+    memory; on a GPU also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON. With --sweep, a
+    whole sweep's wall time on each backend against the same cells run one after another as separate processes."""
     from toyformer import bench as bench_mod
 
+    if sweep is not None:
+        try:
+            chosen = tuple(b.strip() for b in backends.split(","))
+            if not chosen or any(b not in ("local", "ray") for b in chosen):
+                raise ConfigError(f"--backends {backends!r}: a comma-separated list of local and ray")
+            if quick or device != "cpu" or threads is not None:
+                raise ConfigError(
+                    "--sweep times whole commands: --quick, --device and --threads do nothing there "
+                    "(a GPU sweep: --set device=cuda)"
+                )
+            if json_path is not None and not json_path.parent.is_dir():
+                raise ConfigError(f"--json {json_path}: the folder {json_path.parent} does not exist")
+            from toyformer.sweep.spec import cells, load_sweep
+
+            cells(load_sweep(sweep, list(set_ or [])))  # every cell valid before anything runs
+        except ConfigError as e:
+            fail(str(e))
+        with console.status("benchmarking") as status:
+            import torch
+
+            results = bench_mod.machine(torch.device("cpu")) | bench_mod.sweep_speed(
+                sweep, list(set_ or []), chosen, lambda msg: status.update(f"benchmarking: {msg}")
+            )
+        out_console.print(bench_mod.write(results, json_path), highlight=False, soft_wrap=True)
+        return
+    if set_:
+        fail("--set applies to --sweep only")
     try:
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r}: use cpu or cuda")

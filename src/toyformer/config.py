@@ -117,6 +117,11 @@ class Claim(Strict):
         return self
 
 
+def check_members(key: str, value: int, configs: list[RunConfig]) -> None:
+    """Members trained as one stacked ensemble hold their data together: it must fit as one member's does."""
+    check_memory(key, value, sum(c.data_bytes() for c in configs), f"the data of {len(configs)} stacked members")
+
+
 class RunConfig(Strict):
     """What every experiment has, whatever its task: a name, seeds, a device, and the claims it expects."""
 
@@ -131,6 +136,10 @@ class RunConfig(Strict):
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def data_bytes(self) -> float:
+        """About how many bytes of data one member of this config holds (its family says; 0 when it holds none)."""
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -63,10 +63,13 @@ class ChainConfig(Strict):
             raise ValueError("data.first_order needs data.parents = [1]")
         if self.split == "stream" and self.batch_size is None:
             raise ValueError("data.split = 'stream' needs data.batch_size")
-        per_chain = (self.length + 1) * 8 + self.d ** len(self.parents) * self.d * 4  # tokens and its kernel
         n, key = (self.sequences, "sequences") if self.split == "fixed" else (self.val_sequences, "val_sequences")
-        check_memory(f"data.{key}", n, n * per_chain, "its chains and their kernels")
+        check_memory(f"data.{key}", n, self.data_bytes(), "its chains and their kernels")
         return self
+
+    def data_bytes(self) -> float:
+        per_chain = (self.length + 1) * 8 + self.d ** len(self.parents) * self.d * 4  # tokens and its kernel
+        return (self.sequences if self.split == "fixed" else self.val_sequences) * per_chain
 
     @property
     def train_sequences(self) -> int:
@@ -159,6 +162,9 @@ class InductionConfig(RunConfig):
     model: GIHModelConfig = Field(default_factory=GIHModelConfig)
     train: InductionTrainConfig = Field(default_factory=InductionTrainConfig)
     theory: InductionTheoryConfig = Field(default_factory=InductionTheoryConfig)
+
+    def data_bytes(self) -> float:
+        return self.data.data_bytes()
 
     @model_validator(mode="after")
     def _check(self) -> InductionConfig:

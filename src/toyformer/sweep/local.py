@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toyformer import tasks
-from toyformer.config import ConfigError, validate_as
+from toyformer.config import ConfigError, check_members, validate_as
 from toyformer.runs import Run, atomic_write
 from toyformer.sweep.spec import Cell, SweepConfig, cells, load_sweep
 from toyformer.train.ensemble import STATE, Ensemble, Member
@@ -75,6 +75,11 @@ def cell_dir(out: Path, cell: Cell) -> Path:
 def start(spec: SweepConfig, out: Path) -> list[Cell]:
     """Validate every cell, then create the sweep directory and write sweep.json."""
     grid = cells(spec)
+    for block in blocks(spec, grid) if not spec.sequential else []:
+        try:
+            check_members("stack_members", spec.stack_members, [c.config for c in block.cells for _ in spec.seeds])
+        except ValueError as e:
+            raise ConfigError(f"{block.name} ({', '.join(c.name for c in block.cells)}): {e}") from None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")

@@ -28,15 +28,57 @@ TIE_SE = 2.0  # a theory margin within this many Monte-Carlo standard errors of 
 
 
 class GridClaim(Strict):
-    """A claim over the grid: in every cell that ``where`` selects, the cell claim ``claim`` holds for at least
-    ``min_share`` of the seeds. ``where = "clear"`` keeps the cells whose theory margin (``theory.mi_margin``) is at
-    least ``margin_min`` and not a tie; near-ties are reported, not claimed."""
+    """A claim over the grid, of one of two kinds.
+
+    A share claim (``claim``): in every cell selected, the cell claim ``claim`` (a claim of the base recipe) holds
+    for a share of the seeds between ``min_share`` and ``max_share``; ``max_share = 0`` says it fails for every
+    seed, which is how a grid states a null (the base recipe's effect must be absent in those cells).
+
+    A trend claim (``metric``): the cells' mean of a final metric, regressed on the axis ``along`` (on
+    log10 of its values when ``log``), has a slope of sign ``slope`` and R² >= ``r2_min``, separately for each
+    combination of the other axes' values.
+
+    Cells are selected by ``only`` (axis → the values kept) and, for share claims, ``where``: ``"clear"`` keeps
+    the cells whose theory margin (``theory.mi_margin``) is at least ``margin_min`` and not a tie; near-ties are
+    reported, not claimed."""
 
     name: str
-    claim: str = Field(description="the name of a claim of the base recipe")
+    claim: str | None = Field(None, description="a share claim: the name of a claim of the base recipe")
     min_share: float = Field(1.0, ge=0.0, le=1.0)
+    max_share: float = Field(1.0, ge=0.0, le=1.0)
     where: Literal["all", "clear"] = "all"
     margin_min: float = Field(0.0, ge=0.0, description="where = 'clear': the smallest relative margin claimed")
+    only: dict[str, list[Any]] = Field(default_factory=dict, description="axis → the values of the cells claimed")
+    metric: str | None = Field(None, description="a trend claim: a final metric of the members")
+    along: str | None = Field(None, description="a trend claim: the axis the metric is regressed on")
+    log: bool = Field(False, description="a trend claim: regress on log10 of the axis values")
+    slope: Literal["positive", "negative"] = "positive"
+    r2_min: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _kind(self) -> GridClaim:
+        if (self.claim is None) == (self.metric is None):
+            raise ValueError(f"claims {self.name!r}: give either claim (a share claim) or metric (a trend claim)")
+        if self.min_share > self.max_share:
+            raise ValueError(f"claims {self.name!r}: min_share > max_share")
+        # keys away from their defaults (a resolved sweep.json spells every key out)
+        fields = {
+            k
+            for k, f in type(self).model_fields.items()
+            if getattr(self, k) != f.get_default(call_default_factory=True)
+        }
+        if self.claim is not None:
+            extra = fields & {"along", "log", "slope", "r2_min"}
+            if extra:
+                raise ValueError(f"claims {self.name!r}: {sorted(extra)} would do nothing in a share claim")
+        else:
+            if self.along is None:
+                raise ValueError(f"claims {self.name!r}: a trend claim needs the axis it runs along (along)")
+            extra = fields & {"min_share", "max_share", "where", "margin_min"}
+            if extra:
+                raise ValueError(f"claims {self.name!r}: {sorted(extra)} would do nothing in a trend claim")
+        no_effect("margin_min", self.margin_min, 0.0, self.where != "clear", "selects cells with where = 'clear'")
+        return self
 
 
 class Plot(Strict):
@@ -84,6 +126,10 @@ class SweepConfig(Strict):
             for axis in (plot.x, plot.y):
                 if axis is not None and axis not in keys:
                     raise ValueError(f"plots: {axis!r} is not an axis of the sweep ({sorted(keys)})")
+        for claim in self.claims:
+            for axis in [*claim.only, *([claim.along] if claim.along else [])]:
+                if axis not in keys:
+                    raise ValueError(f"claims {claim.name!r}: {axis!r} is not an axis of the sweep ({sorted(keys)})")
         return self
 
 

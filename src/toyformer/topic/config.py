@@ -65,10 +65,16 @@ class DataConfig(Strict):
                 f"data.vocab_size ({self.vocab_size}) is smaller than the words the topics need "
                 f"(T·v = {sum(sizes)}): raise data.vocab_size or lower num_topics/words_per_topic"
             )
-        per_doc = (self.doc_len_max + 2) * 8 * 3  # ids, corrupted inputs and targets, int64, START/END included
         for key in ("train_docs", "dev_docs"):
-            check_memory(f"data.{key}", getattr(self, key), getattr(self, key) * per_doc, "its documents")
+            n = getattr(self, key)
+            check_memory(f"data.{key}", n, n * self.doc_bytes(), "its documents")
         return self
+
+    def doc_bytes(self) -> float:
+        return (self.doc_len_max + 2) * 8 * 3  # ids, corrupted inputs and targets, int64, START/END included
+
+    def data_bytes(self) -> float:
+        return (self.train_docs + self.dev_docs) * self.doc_bytes()
 
     @property
     def sizes(self) -> list[int]:
@@ -248,6 +254,10 @@ class TopicConfig(RunConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     theory: TheoryConfig = Field(default_factory=TheoryConfig)
+
+    def data_bytes(self) -> float:
+        # real text: its size is the corpus's, not known before it is read
+        return self.data.data_bytes() if isinstance(self.data, DataConfig) else 0.0
 
     @model_validator(mode="before")
     @classmethod

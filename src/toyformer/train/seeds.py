@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from toyformer.claims import by_kind
-from toyformer.config import ConfigError, RunConfig, validate_as
+from toyformer.config import ConfigError, RunConfig, check_members, validate_as
 from toyformer.runs import Run, atomic_write, default_dir
 from toyformer.task import Task
 from toyformer.train.ensemble import STATE, Ensemble, Member
@@ -131,7 +131,12 @@ def run_seeds(
         out.mkdir(parents=True, exist_ok=True)
         group.write(out)
         return _finish_sequential(out, cfg, task, seeds, progress)
-    experiments = [task.build(member_config(cfg, seed)) for seed in seeds]  # every error before a directory
+    configs = [member_config(cfg, seed) for seed in seeds]
+    try:
+        check_members("seeds", len(seeds), configs)
+    except ValueError as e:
+        raise ConfigError(f"{e}, or train them one after another (--sequential)") from None
+    experiments = [task.build(c) for c in configs]  # every error before a directory
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: the directory exists and is not empty; pick a new one or --resume it")
     out.mkdir(parents=True, exist_ok=True)
