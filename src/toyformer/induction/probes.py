@@ -96,6 +96,7 @@ class InductionProbe:
         band = model.band
         record |= {
             "a": a,
+            "a_over_theory": a / self.references["gih_theory_a"] if self.references["gih_theory_a"] else float("nan"),
             "subset_share": {n: float(p) for n, p in zip(model.names, share, strict=True)},
             "c": {n: float(c) for n, c in zip(model.names, model.c, strict=True)},
             "selected_subset": ",".join(map(str, subset)) or NO_SUBSET,
