@@ -110,9 +110,14 @@ def status(out: Path, cell: Cell) -> str:
     return "started" if (path / GROUP).is_file() else "new"
 
 
+def unfinished(out: Path, cell: Cell) -> bool:
+    """Neither done nor failed: a cell a sweep still has to train."""
+    return status(out, cell) in ("new", "started")
+
+
 def todo(out: Path, spec: SweepConfig, grid: list[Cell]) -> list[Block]:
     """The blocks with a cell neither done nor failed."""
-    return [b for b in blocks(spec, grid) if any(status(out, c) in ("new", "started") for c in b.cells)]
+    return [b for b in blocks(spec, grid) if any(unfinished(out, c) for c in b.cells)]
 
 
 def train_cells(
@@ -148,7 +153,7 @@ def fail(out: Path, block: Block, error: BaseException, attempts: int) -> None:
     """Record an exception as the error of the block's unfinished cells."""
     message = str(error).splitlines()[0] if str(error) else ""
     for cell in block.cells:
-        if status(out, cell) in ("new", "started"):
+        if unfinished(out, cell):
             _fail(out, cell, f"{type(error).__name__}: {message}", attempts)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from toyformer.config import ConfigError
-from toyformer.sweep.local import blocks, fail, reopen, status, todo, train_block
+from toyformer.sweep.local import blocks, fail, reopen, todo, train_block, unfinished
 from toyformer.sweep.spec import Cell, SweepConfig
 
 EXPERIMENT = "sweep"  # the Tune experiment's name, under <sweep dir>/ray
@@ -50,9 +50,9 @@ def trial(config: dict) -> None:
     spec, grid = reopen(out)
     (block,) = [b for b in blocks(spec, grid) if b.name == config["block"]]
     torch.set_num_threads(max(1, int(config["cpus"])))
-    if any(status(out, c) in ("new", "started") for c in block.cells):
+    if any(unfinished(out, c) for c in block.cells):
         train_block(out, spec, block, config["retries"])
-    tune.report({"done": sum(status(out, c) == "done" for c in block.cells), "cells": len(block.cells)})
+    tune.report({"unfinished": sum(unfinished(out, c) for c in block.cells), "cells": len(block.cells)})
 
 
 def resources(cluster: dict, workers: int | None) -> tuple[int, dict]:
@@ -157,7 +157,7 @@ def _watch(out: Path, grid: list[Cell], progress: CellsDone | None):
 
     def poll() -> None:
         while True:
-            progress(sum(status(out, c) in ("done", "failed") for c in grid), len(grid))
+            progress(sum(not unfinished(out, c) for c in grid), len(grid))
             if stop.wait(POLL_S):
                 return
 
@@ -170,4 +170,4 @@ def _watch(out: Path, grid: list[Cell], progress: CellsDone | None):
         stop.set()
         if thread:
             thread.join()
-            progress(sum(status(out, c) in ("done", "failed") for c in grid), len(grid))
+            progress(sum(not unfinished(out, c) for c in grid), len(grid))
