@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from toyformer import tasks
 from toyformer.cli import app
+from toyformer.induction.stacked import run_sums
 from toyformer.runs import Run
 from toyformer.train.ensemble import STATE, Ensemble, Member
 from toyformer.train.figures import band
@@ -25,6 +26,20 @@ SETTINGS = {
     "two-layer": ("topic/s5-two-layer", TOPIC_SMALL + ["train.steps=8", "masking.static=false"]),
     # the induction model, full batch: one plan over all members' chains
     "e5": ("induction/e5", ["data.sequences=300", "data.length=40", "train.stages.0.steps=12", "train.probes=6"]),
+    # the full variant (content logits, OV, LayerNorm: the classifier's per-sequence shift) in the paper layout
+    "e5-full-paper": (
+        "induction/e5",
+        [
+            "data.sequences=300",
+            "data.length=40",
+            "train.stages.0.steps=12",
+            "train.probes=6",
+            "model.variant=full",
+            "model.layout=paper",
+            "model.window=4",
+            "train.stages.0.groups=['c','w','a','qk','ov','norm']",
+        ],
+    ),
     # mini-batches, a plan per step
     "e5-batches": (
         "induction/e5",
@@ -187,3 +202,18 @@ def test_bench_quick_writes_the_public_keys(tmp_path, monkeypatch):
     assert set(r["ensemble"]["s2"]) == {"1", "2"} and all(v > 0 for v in r["ensemble"]["e5"].values())
     bad = CliRunner().invoke(app, ["bench", "--json", str(tmp_path / "missing" / "b.json")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_run_sums_by_prefix_sum_and_by_index_add_agree():
+    """The stacked gather's backward: the CUDA prefix-sum path against the CPU index_add path, on runs of every
+    length including empty entries in between."""
+    gen = torch.Generator().manual_seed(0)
+    index = torch.sort(torch.randint(0, 50, (400,), generator=gen))[0] * 2  # odd entries never read
+    runs, lengths = torch.unique_consecutive(index, return_counts=True)
+    grad = torch.randn(400, generator=gen)
+    by_prefix = run_sums(grad, index, runs, lengths, 101, prefix=True)
+    by_add = run_sums(grad, index, runs, lengths, 101, prefix=False)
+    torch.testing.assert_close(by_prefix, by_add, rtol=0, atol=1e-5)
+    want = torch.zeros(101, dtype=torch.float64).index_add_(0, index, grad.double()).float()
+    torch.testing.assert_close(by_add, want, rtol=0, atol=1e-5)
+    assert by_add[1::2].abs().max() == 0 and by_add.abs().sum() > 0

@@ -19,6 +19,7 @@ against.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -137,8 +138,10 @@ class GIHTransformer(nn.Module):
     def forward(self, plan: Plan) -> torch.Tensor:
         """Predicted distributions (B, targets, d) for the sequences of ``plan``."""
         if plan.groups is not None:  # K for each distinct (query window, key window) pair, then per group
-            k = self.pair_kernel(plan).index_select(0, plan.groups.pair)
-            return self.classify(plan.groups, k, self.a, len(plan.labels))
+            pair = plan.groups.pair
+            return self.classify(
+                plan.groups, self.pair_kernel(plan), self.a, len(plan.labels), lambda t: t.index_select(0, pair)
+            )
         keys, queries = self.copier(plan.keys), self.copier(plan.queries)  # (n_k, H, d), (n_q, H, d)
         if plan.table:
             table = self.kernel(torch.einsum("qhd,khd->hqk", queries, keys)).reshape(-1)
@@ -164,17 +167,27 @@ class GIHTransformer(nn.Module):
         ]
         return self.kernel(inner)
 
-    def classify(self, groups: Groups, k: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
+    def classify(
+        self,
+        groups: Groups,
+        k: torch.Tensor,
+        a: torch.Tensor,
+        batch: int,
+        gather: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
         """The classifier over (sequence, distinct key window) groups, (batch, 1, d): a group of n equal windows is
         one key with weight n, so a softmax over L positions becomes a weighted softmax over a sequence's distinct
-        windows. ``k`` (E,) is each group's kernel value and ``a`` the scale: one, or one per group (an ensemble)."""
-        logits = a * k + groups.log_count  # (E,)
-        if self.full or self.layernorm:  # the largest logit of each sequence
+        windows. ``k`` is the kernel of each distinct pair and ``a`` the scale (one, or one per member of an
+        ensemble, broadcast against ``k``); ``gather`` reads a table shaped like ``k`` at each group's pair."""
+        logits = a * k
+        if self.full or self.layernorm:  # shifted by the largest logit of each sequence
+            logits = gather(logits) + groups.log_count  # (E,)
             shift = k.new_zeros(batch).scatter_reduce(0, groups.seq, logits.detach(), "amax", include_self=False)
-            logits = logits - shift.index_select(0, groups.seq)
-        else:  # L2-normalised copies of one-hot tokens are non-negative: 0 <= K <= 1, so a·K <= max(a, 0)
-            logits = logits - a.detach().clamp_min(0)
-        per_token = k.new_zeros(batch * self.d).index_add(0, groups.slot, logits.exp()).view(batch, self.d)
+            weights = (logits - shift.index_select(0, groups.seq)).exp()
+        else:  # L2-normalised copies of one-hot tokens are non-negative: 0 <= K <= 1, so a·K <= max(a, 0), and the
+            # exponential is taken on the pairs' table, before the (far longer) gather to the groups
+            weights = gather((logits - a.detach().clamp_min(0)).exp()) * groups.count
+        per_token = k.new_zeros(batch * self.d).index_add(0, groups.slot, weights).view(batch, self.d)
         return (per_token / per_token.sum(1, keepdim=True))[:, None, :]
 
 

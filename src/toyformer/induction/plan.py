@@ -27,8 +27,9 @@ class Groups:
 
     seq: torch.Tensor  # (E,) the sequence of each group
     slot: torch.Tensor  # (E,) seq·d + the key's token (offset 0 of the window)
-    log_count: torch.Tensor  # (E,) log of how many keys of the sequence have this window
-    pair: torch.Tensor  # (E,) the group's (query window, key window) pair, among the P distinct pairs
+    count: torch.Tensor  # (E,) how many keys of the sequence have this window
+    log_count: torch.Tensor  # (E,) its log
+    pair: torch.Tensor  # (E,) the group's (query window, key window class) pair, among the P distinct pairs
     query_rep: list[torch.Tensor]  # per head: a query window for each distinct content of the head's band
     key_rep: list[torch.Tensor]  # per head: the same for key windows
     head_pair: list[torch.Tensor]  # per head, (P,): each pair's entry in the head's (query rep × key rep) table
@@ -130,17 +131,22 @@ def _groups(
     slot = torch.arange(len(key_index), device=key_index.device)[:, None] * n_keys + key_index
     distinct, count = torch.unique(slot, return_counts=True)
     seq, key = distinct // n_keys, distinct % n_keys
-    pairs, pair = torch.unique(query_index[seq] * n_keys + key, return_inverse=True)
+    # The kernel reads a key window only at the heads' offsets: windows that differ elsewhere (the key's own token,
+    # outside every band) share their pairs' kernel values.
+    classes, key_class = _distinct(key_set[:, band.any(0)], d + 2)
+    class_rep = _first(key_class, len(classes))  # a key window of each class
+    pairs, pair = torch.unique(query_index[seq] * len(classes) + key_class[key], return_inverse=True)
     query_rep, key_rep, head_pair = [], [], []
     for h in range(band.shape[0]):  # a head reads only its band: far fewer distinct contents than windows
         q_content, q_of = _distinct(query_set[:, band[h]], d + 2)
         k_content, k_of = _distinct(key_set[:, band[h]], d + 2)
         query_rep.append(_first(q_of, len(q_content)))
         key_rep.append(_first(k_of, len(k_content)))
-        head_pair.append(q_of[pairs // n_keys] * len(k_content) + k_of[pairs % n_keys])
+        head_pair.append(q_of[pairs // len(classes)] * len(k_content) + k_of[class_rep[pairs % len(classes)]])
     return Groups(
         seq=seq,
         slot=seq * d + key_set[key, 0],
+        count=count.to(dtype),
         log_count=count.double().log().to(dtype),
         pair=pair,
         query_rep=query_rep,

@@ -1,6 +1,6 @@
 """The stacked step of TF(M, H, d, D) in a seed ensemble (``toyformer.train.ensemble``): one plan over all members'
 chains (their windows shared), each member's pair kernel by ``torch.func.vmap`` on its own distinct pairs, then the
-classifier over every member's key groups at once, each group with its member's a."""
+classifier over every member's key groups at once, each member's pair table scaled by its own a."""
 
 from __future__ import annotations
 
@@ -26,14 +26,11 @@ class StackedPlan:
     entry: torch.Tensor  # (groups,) each group's entry of the flattened (members, width) kernel
     slots: torch.Tensor  # (runs,) the entry each run of equal entries reads
     lengths: torch.Tensor  # (runs,) the length of each run
-    member: torch.Tensor  # (groups,) each group's member (sorted)
-    member_runs: torch.Tensor  # the members in order of their runs of groups
-    member_lengths: torch.Tensor  # how many groups each member has
 
 
 class InductionStep:
     """Induction models (paper 2): one plan over all members' sequences (their windows shared), each member's pair
-    kernel by vmap, then the classifier over all members' groups with each group's own a."""
+    kernel by vmap, then the classifier over all members' groups, each member's pairs scaled by its own a."""
 
     def __init__(self, experiments: list):
         self.template = experiments[0].model
@@ -59,7 +56,7 @@ class InductionStep:
         pairs = int(g.pair.max()) + 1
         member = g.seq // (len(tokens) // members)
         code, order = torch.sort(member * pairs + g.pair, stable=True)
-        plan.groups = replace(g, seq=g.seq[order], slot=g.slot[order], log_count=g.log_count[order], pair=g.pair[order])
+        plan.groups = replace(g, **{f: getattr(g, f)[order] for f in ("seq", "slot", "count", "log_count", "pair")})
         runs, lengths = torch.unique_consecutive(code, return_counts=True)  # each member's pairs, in order
         run_member = runs // pairs
         per_member = torch.bincount(run_member, minlength=members)
@@ -69,10 +66,7 @@ class InductionStep:
         padded[run_member * width + rank] = runs % pairs  # member e's k-th pair (pair 0 in the padding)
         head_pair = [hp.index_select(0, padded).view(members, width) for hp in g.head_pair]
         slots = run_member * width + rank  # each run's entry in the (members, width) kernel
-        entry = slots.repeat_interleave(lengths)
-        member = run_member.repeat_interleave(lengths)
-        runs_of_members = torch.unique_consecutive(member, return_counts=True)
-        return StackedPlan(plan, head_pair, entry, slots, lengths, member, *runs_of_members)
+        return StackedPlan(plan, head_pair, slots.repeat_interleave(lengths), slots, lengths)
 
     def batch(self, step: int) -> StackedPlan:
         if self.fixed is not None:
@@ -85,28 +79,43 @@ class InductionStep:
             f"module.{k}": v for k, v in (dict(stacked.named_parameters()) | dict(stacked.named_buffers())).items()
         }
         kernel = vmap(lambda s, hp: functional_call(self.pair_kernel, s, (plan, hp)))(state, batch.head_pair)  # (E, W)
-        k = SortedGather.apply(kernel.reshape(-1), batch.entry, batch.slots, batch.lengths)
-        a = SortedGather.apply(stacked.a, batch.member, batch.member_runs, batch.member_lengths)  # each group's a
-        y = self.template.classify(plan.groups, k, a, len(plan.labels))
+        y = self.template.classify(
+            plan.groups,
+            kernel,
+            stacked.a[:, None],
+            len(plan.labels),
+            lambda t: SortedGather.apply(t.reshape(-1), batch.entry, batch.slots, batch.lengths),
+        )
         return target_losses(y, plan.labels, self.cfg.train.loss).view(len(self.datas), -1).mean(1)
 
 
 class SortedGather(torch.autograd.Function):
-    """source[index] for a sorted index; the gradient sums each run of equal indices (``runs`` with ``lengths``) as
-    differences of one float64 prefix sum, where index_select's own backward adds with atomics that collide on
-    repeated indices (70% of an E5 step of 256 members on an H100), and torch.segment_reduce spends a thread block
-    on each of millions of short runs."""
+    """source[index] for a sorted index. On CUDA the gradient sums each run of equal indices (``runs`` with
+    ``lengths``) as differences of one float64 prefix sum, where index_select's own backward adds with atomics that
+    collide on repeated indices (70% of an E5 step of 256 members on an H100), and torch.segment_reduce spends a
+    thread block on each of millions of short runs. On the CPU, where adds do not collide, a plain index_add is
+    four times faster than the prefix sum."""
 
     @staticmethod
     def forward(ctx, source: torch.Tensor, index: torch.Tensor, runs: torch.Tensor, lengths: torch.Tensor):
-        ctx.save_for_backward(runs, lengths)
+        ctx.save_for_backward(index, runs, lengths)
         ctx.size = len(source)
         return source.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        runs, lengths = ctx.saved_tensors
-        total = torch.cumsum(grad, 0, dtype=torch.float64)[torch.cumsum(lengths, 0) - 1]
-        out = grad.new_zeros(ctx.size)
-        out[runs] = torch.diff(total, prepend=total.new_zeros(1)).to(grad.dtype)
-        return out, None, None, None
+        index, runs, lengths = ctx.saved_tensors
+        return run_sums(grad, index, runs, lengths, ctx.size, prefix=grad.is_cuda), None, None, None
+
+
+def run_sums(
+    grad: torch.Tensor, index: torch.Tensor, runs: torch.Tensor, lengths: torch.Tensor, size: int, prefix: bool
+) -> torch.Tensor:
+    """(size,) the sum of ``grad`` over each run of equal entries of the sorted ``index``: by a float64 prefix sum
+    (``prefix``) or by index_add."""
+    out = grad.new_zeros(size)
+    if not prefix:
+        return out.index_add_(0, index, grad)
+    total = torch.cumsum(grad, 0, dtype=torch.float64)[torch.cumsum(lengths, 0) - 1]
+    out[runs] = torch.diff(total, prepend=total.new_zeros(1)).to(grad.dtype)
+    return out
