@@ -178,12 +178,26 @@ STACKED = {  # cells that differ in data and initial values only: one stacked en
 }
 
 
+def test_default_blocks_follow_the_family_and_the_device(tmp_path):
+    """Unless the sweep sets stack_members: on the CPU the induction step gains nothing from members beyond a cell's
+    seeds (one block per cell), the topic step does (one block of every cell); on CUDA both stack up to 64."""
+    for family, (recipe, overrides, axes) in STACKED.items():
+        for device, want in (("cpu", [1, 1, 1, 1] if family == "induction" else [4]), ("cuda", [4])):
+            path = tmp_path / f"{family}-{device}.toml"
+            sets = ", ".join(f'"{o}"' for o in [*overrides, f"device={device}"])
+            path.write_text(f'recipe = "{recipe}"\nset = [{sets}]\nseeds = [0, 1]\n{axes}')
+            spec = load_sweep(str(path))
+            assert [len(b.cells) for b in blocks(spec, cells(spec))] == want, (family, device)
+    many = load_sweep(str(tmp_path / "topic-cpu.toml")).model_copy(update={"stack_members": 4})
+    assert [len(b.cells) for b in blocks(many, cells(many))] == [2, 2]
+
+
 @pytest.mark.parametrize("family", list(STACKED))
 def test_stacked_cells_give_each_member_its_solo_numbers(tmp_path, family):
     recipe, overrides, axes = STACKED[family]
     path = tmp_path / "stacked.toml"
     sets = ", ".join(f'"{o}"' for o in overrides)
-    path.write_text(f'recipe = "{recipe}"\nset = [{sets}]\nseeds = [0, 1]\n{axes}')
+    path.write_text(f'recipe = "{recipe}"\nset = [{sets}]\nseeds = [0, 1]\nstack_members = 8\n{axes}')
     spec = load_sweep(str(path))
     grid = cells(spec)
     assert len(grid) == 4 and [len(b.cells) for b in blocks(spec, grid)] == [4]  # one ensemble of 8 members
@@ -207,7 +221,7 @@ def test_stacked_members_must_fit_together(tmp_path):
     sets = f'"data.sequences={sequences}"'
     spec = tmp_path / "big.toml"
     spec.write_text(
-        f'recipe = "induction/grid-base"\nset = [{sets}]\nseeds = {list(range(8))}\n[axes]\n'
+        f'recipe = "induction/grid-base"\nset = [{sets}]\nseeds = {list(range(8))}\nstack_members = 64\n[axes]\n'
         '"data.alpha" = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]\n'
     )
     result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "s")])

@@ -35,6 +35,9 @@ class Task:
     # config keys in which members of one stacked ensemble may differ, besides the seed: they change a member's data
     # or initial values, never the model's shapes, the optimizer or the shared step (sweeps stack such cells)
     stack_keys: tuple[str, ...] = ()
+    # whether a sweep on the CPU stacks several cells in one block by default: a step bound by per-op overhead gains
+    # from more members (topic), one bound by memory traffic does not (induction at the papers' data sizes)
+    cpu_stacks_cells: bool = True
 
     @property
     def trains(self) -> bool:

@@ -36,6 +36,7 @@ TASKS: dict[str, Task] = {
         optimizer="toyformer.induction.experiment:optimizer",
         stacked="toyformer.induction.stacked:InductionStep",
         stack_keys=("data.parents", "data.alpha", "model.c_init", "model.a_init", "model.w_plus", "model.w_minus"),
+        cpu_stacks_cells=False,
     ),
     "analyze": Task(AnalysisConfig),  # `toyformer analyze`: measures a pretrained model, trains nothing
 }

@@ -24,6 +24,7 @@ from toyformer.train.seeds import GROUP, Group, member_config, resume_seeds, run
 
 SWEEP = "sweep.json"
 ERROR = "error.json"
+STACK_MEMBERS = 64  # members of a block unless the sweep sets stack_members
 
 # (block, its number among the blocks left to train, how many are left) → the on_step of its ensemble, or None
 BlockProgress = Callable[["Block", int, int], Callable | None]
@@ -47,13 +48,22 @@ def blocks(spec: SweepConfig, grid: list[Cell]) -> list[Block]:
     """The grid cut into blocks: cells whose configs differ only in their family's ``Task.stack_keys`` (data,
     initial values) share one, at most ``spec.stack_members`` members each, in cell order; every cell its own
     block when the sweep is sequential or ``stack_members`` leaves room for one cell only."""
-    per_block = max(1, spec.stack_members // len(spec.seeds)) if not spec.sequential else 1
+    per_block = max(1, stack_limit(spec, grid) // len(spec.seeds)) if not spec.sequential else 1
     kinds: dict[str, list[Cell]] = {}
     for cell in grid:
         kinds.setdefault(_shape(cell), []).append(cell)
     chunks = [group[i : i + per_block] for group in kinds.values() for i in range(0, len(group), per_block)]
     chunks.sort(key=lambda chunk: chunk[0].index)
     return [Block(f"block-{k:03d}", chunk, spec.seeds) for k, chunk in enumerate(chunks)]
+
+
+def stack_limit(spec: SweepConfig, grid: list[Cell]) -> int:
+    """Members per block: ``stack_members``, else STACK_MEMBERS, except on the CPU for a family whose step gains
+    nothing from members beyond one cell's seeds (``Task.cpu_stacks_cells``, benchmarks/RESULTS.md)."""
+    if spec.stack_members is not None:
+        return spec.stack_members
+    cpu = all(cell.config.device == "cpu" for cell in grid)
+    return len(spec.seeds) if cpu and not tasks.task_of(grid[0].config).cpu_stacks_cells else STACK_MEMBERS
 
 
 def _shape(cell: Cell) -> str:
@@ -77,7 +87,7 @@ def start(spec: SweepConfig, out: Path) -> list[Cell]:
     grid = cells(spec)
     for block in blocks(spec, grid) if not spec.sequential else []:
         try:
-            check_members("stack_members", spec.stack_members, [c.config for c in block.cells for _ in spec.seeds])
+            check_members("stack_members", stack_limit(spec, grid), [c.config for c in block.cells for _ in spec.seeds])
         except ValueError as e:
             raise ConfigError(f"{block.name} ({', '.join(c.name for c in block.cells)}): {e}") from None
     out = Path(out)

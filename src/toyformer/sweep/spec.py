@@ -99,8 +99,11 @@ class SweepConfig(Strict):
     axes: dict[str, list[Any]] = Field(description="config key → values; the axes are crossed")
     zip: dict[str, list[Any]] = Field(default_factory=dict, description="config key → values, varied together")
     sequential: bool = Field(False, description="train each cell's seeds one after another instead of stacked")
-    stack_members: int = Field(
-        64, ge=1, description="at most this many members (cells × seeds) in one stacked ensemble of cells"
+    stack_members: int | None = Field(
+        None,
+        ge=1,
+        description="at most this many members (cells × seeds) in one stacked ensemble of cells; default 64, "
+        "or one cell's seeds on the CPU for a family whose step gains nothing from more (induction)",
     )
     claims: list[GridClaim] = Field(default_factory=list)
     plots: list[Plot] = Field(default_factory=list)
@@ -115,7 +118,7 @@ class SweepConfig(Strict):
         both = set(self.axes) & set(self.zip)
         if both:
             raise ValueError(f"{sorted(both)}: a key is either an axis or zipped, not both")
-        no_effect("stack_members", self.stack_members, 64, self.sequential, "stacks cells, which sequential does not")
+        no_effect("stack_members", self.stack_members, None, self.sequential, "stacks cells, which sequential does not")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError("seeds: distinct seeds >= 0")
         keys = {*self.axes, *self.zip}
