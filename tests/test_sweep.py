@@ -326,14 +326,17 @@ def test_grid_claims_refuse_keys_that_do_nothing(tmp_path):
 def test_bench_times_a_sweep_against_the_shell_loop_of_the_same_cells(tmp_path):
     spec = _sweep(tmp_path, "timed", 10, '[axes]\n"data.alpha" = [0.1, 1.0]\n')
     path = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--sweep", str(spec), "--backends", "local", "--json", str(path)])
+    kept = tmp_path / "kept"
+    args = ["bench", "--sweep", str(spec), "--backends", "local", "--json", str(path), "--keep", str(kept)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert (kept / "local" / "results.csv").is_file() and len(list((kept / "loop").iterdir())) == 2
     found = json.loads(path.read_text())
     assert found["cells"] == 2 and found["seeds"] == 2 and found["local_s"] > 0 and found["shell_loop_s"] > 0
     assert found["local_vs_shell_loop"] == pytest.approx(found["shell_loop_s"] / found["local_s"])
     # each member of the loop matches the sweep's: a loop that ran the base α = 0.1 for both cells would not
     assert found["max_final_loss_difference"] < 1e-5
-    for flags in (["--quick"], ["--backends", "slurm"], ["--device", "cuda"]):
+    for flags in (["--quick"], ["--backends", "slurm"], ["--device", "cuda"], ["--keep", str(kept)]):
         bad = CliRunner().invoke(app, ["bench", "--sweep", str(spec), *flags])
         assert bad.exit_code == 2 and "\n" not in bad.stderr.strip(), flags
     assert CliRunner().invoke(app, ["bench", "--set", "data.d=4"]).exit_code == 2

@@ -10,6 +10,7 @@ probes (batch, loss, backward, optimizer step), on experiments built from the re
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -289,10 +290,12 @@ def sweep_speed(
     overrides: list[str],
     backends: tuple[str, ...] = ("local", "ray"),
     progress: Callable[[str], None] = lambda msg: None,
+    keep: Path | None = None,
 ) -> dict:
     """Wall time of ``toyformer sweep NAME`` on each backend, against the same cells run one after another as
     separate ``toyformer run RECIPE --seeds …`` processes (each cell's seeds stacked, as a user's shell loop would
-    run them), every one a child process on this machine, in this call; and how far their numbers agree."""
+    run them), every one a child process on this machine, in this call; and how far their numbers agree. The
+    directories are left in ``keep`` (one per backend, and ``loop/``), else deleted."""
     from toyformer.sweep.spec import cells, literal, load_sweep
 
     spec = load_sweep(name, overrides)
@@ -301,7 +304,9 @@ def sweep_speed(
     env = dict(os.environ)
     seeds = ",".join(map(str, spec.seeds))
     out: dict = {"sweep": spec.name, "set": spec.set, "cells": len(grid), "seeds": len(spec.seeds)}
-    with tempfile.TemporaryDirectory() as tmp:
+    if keep is not None:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() if keep is None else contextlib.nullcontext(str(keep)) as tmp:
         dirs = {}
         for backend in backends:
             progress(f"{spec.name}: the sweep, {backend} backend")

@@ -779,6 +779,9 @@ def bench(
     ] = None,
     set_: SetOpt = None,
     backends: Annotated[str, typer.Option(help="--sweep: the backends timed, comma-separated")] = "local,ray",
+    keep: Annotated[
+        Path | None, typer.Option(help="--sweep: leave the sweeps' and the loop's run directories here")
+    ] = None,
 ) -> None:
     """Speed and memory: generators (tokens/s), S2 and E5 steps/s, seed-ensemble scaling, probe overhead, peak
     memory; on a GPU also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON. With --sweep, a
@@ -797,6 +800,8 @@ def bench(
                 )
             if json_path is not None and not json_path.parent.is_dir():
                 raise ConfigError(f"--json {json_path}: the folder {json_path.parent} does not exist")
+            if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+                raise ConfigError(f"--keep {keep}: exists and is not an empty folder; name a new one")
             from toyformer.sweep.spec import cells, load_sweep
 
             cells(load_sweep(sweep, list(set_ or [])))  # every cell valid before anything runs
@@ -806,7 +811,7 @@ def bench(
             import torch
 
             results = bench_mod.machine(torch.device("cpu")) | bench_mod.sweep_speed(
-                sweep, list(set_ or []), chosen, lambda msg: status.update(f"benchmarking: {msg}")
+                sweep, list(set_ or []), chosen, lambda msg: status.update(f"benchmarking: {msg}"), keep
             )
         out_console.print(bench_mod.write(results, json_path), highlight=False, soft_wrap=True)
         return
