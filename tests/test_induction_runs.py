@@ -15,7 +15,7 @@ from toyformer.runs import Run
 from toyformer.train.loop import train
 
 SMALL = ["data.sequences=300", "data.length=30", "theory.kernels=100", "train.probes=6", "train.checkpoints=3"]
-INDUCTION = [n for n in config.recipe_names() if n.startswith("induction/")]
+INDUCTION = [n for n in config.recipe_names() if config._read_toml(n).get("task") == "induction"]
 
 
 def _small(name: str, steps: int = 3, extra: list[str] | None = None):

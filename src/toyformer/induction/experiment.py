@@ -61,12 +61,12 @@ def _optimizer(params: list[torch.nn.Parameter], stage: Stage) -> torch.optim.Op
     return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum)
 
 
-class ChainData:
+class Chainsets:
     """The training chains (a fixed set, full-batch or mini-batch, or a fresh stream) and the validation chains,
-    as functions of (seed, step)."""
+    as functions of (seed, step). Any model of the chains reads them (TF(M, H, d, D), standard transformers)."""
 
-    def __init__(self, cfg: InductionConfig, band: torch.Tensor, device: torch.device):
-        self.cfg, self.band, self.device = cfg, band, device
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.device = cfg, device
         data = cfg.data
         if data.split == "fixed":
             chains = self._sample(data.sequences, generator(cfg.seed, "chains", device=device))
@@ -74,17 +74,36 @@ class ChainData:
             self.train = Chains(chains.tokens[:n], chains.kernels[:n])
             self.val = Chains(chains.tokens[n:], chains.kernels[n:])
             self.full = data.batch_size is None or data.batch_size >= n
-            self.train_plan = self._plan(self.train.tokens) if self.full else None
         else:
             self.val = self._sample(data.val_sequences, generator(cfg.seed, "val-chains", device=device))
             self.full = False
-        self.val_plan = self._plan(self.val.tokens)
 
     def _sample(self, n: int, gen: torch.Generator) -> Chains:
         d = self.cfg.data
         return sample_batch(
             n, d.d, tuple(d.parents), d.alpha, d.length, gen, d.start, self.device, redraw_last=d.first_order
         )
+
+    def tokens(self, step: int) -> torch.Tensor:
+        """The chains (B, L+1) of step ``step``."""
+        if self.full:
+            return self.train.tokens
+        gen = generator(self.cfg.seed, "batch", step, self.device)
+        size = self.cfg.data.batch_size
+        if self.cfg.data.split == "stream":
+            return self._sample(size, gen).tokens
+        rows = torch.randint(len(self.train.tokens), (size,), generator=gen, device=self.device)
+        return self.train.tokens[rows]
+
+
+class ChainData(Chainsets):
+    """The chains and the plans TF(M, H, d, D) reads of them (the training set's once when it is one full batch)."""
+
+    def __init__(self, cfg: InductionConfig, band: torch.Tensor, device: torch.device):
+        super().__init__(cfg, device)
+        self.band = band
+        self.train_plan = self._plan(self.train.tokens) if self.full else None
+        self.val_plan = self._plan(self.val.tokens)
 
     def _plan(self, tokens: torch.Tensor) -> Plan:
         return make_plan(
@@ -93,15 +112,6 @@ class ChainData:
 
     def batch(self, step: int) -> Plan:
         return self.train_plan if self.full else self._plan(self.tokens(step))
-
-    def tokens(self, step: int) -> torch.Tensor:
-        """The chains of step ``step`` when they change every step (mini-batch or stream)."""
-        gen = generator(self.cfg.seed, "batch", step, self.device)
-        size = self.cfg.data.batch_size
-        if self.cfg.data.split == "stream":
-            return self._sample(size, gen).tokens
-        rows = torch.randint(len(self.train.tokens), (size,), generator=gen, device=self.device)
-        return self.train.tokens[rows]
 
 
 class InductionExperiment:

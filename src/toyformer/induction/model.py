@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toyformer.hooks import Hooked, HookPoint
 from toyformer.induction.config import GIHModelConfig
 from toyformer.induction.plan import Groups, Plan, scored_positions
 
@@ -59,7 +60,19 @@ def head_windows(cfg: GIHModelConfig) -> torch.Tensor:
     return mask
 
 
-class GIHTransformer(nn.Module):
+class _HookedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_pattern = HookPoint()
+
+
+class _HookedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = _HookedAttention()
+
+
+class GIHTransformer(Hooked):
     """Parameters: ``w`` (H, span+1) RPE weights (read only inside each head's band), ``c`` one per subset, ``a``;
     full variant: ``W_Q``, ``W_K``, ``W_OV`` (H, d, d) and the LayerNorm's ``ln_weight``, ``ln_bias`` (d)."""
 
@@ -82,6 +95,14 @@ class GIHTransformer(nn.Module):
             self.W_Q, self.W_K, self.W_OV = (nn.Parameter(eye.clone()) for _ in range(3))
         if self.layernorm:
             self.ln_weight, self.ln_bias = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        # the copier (layer 1) and the classifier (layer 2) as attention layers, for hooks on the literal forward
+        self.blocks = nn.ModuleList([_HookedLayer(), _HookedLayer()])
+        self.name_hooks()
+
+    def hooked_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The literal model's prediction of x_{L+1}, (B, 1, d), from chains (B, L+1) (the target is not read),
+        through the hook points; the fast path runs none."""
+        return reference_predict(self, tokens, "last")
 
     GROUP_OF = {
         "w": "w",
@@ -159,7 +180,8 @@ class GIHTransformer(nn.Module):
         products come from a table over its own distinct band contents, read at ``head_pair[h]`` (default: the
         plan's own). This depends on the data only through the windows, so an ensemble computes it for every
         member on one shared plan, each member at its own pairs."""
-        keys, queries, g = self.copier(plan.keys), self.copier(plan.queries), plan.groups
+        g = plan.groups
+        keys, queries = self.copier(g.keys), self.copier(g.queries)
         head_pair = g.head_pair if head_pair is None else head_pair
         inner = [  # per head, (P,); a list, not a stacked tensor, so the backward builds no (H, P) zeros per term
             (queries[g.query_rep[h], h] @ keys[g.key_rep[h], h].T).reshape(-1).index_select(0, head_pair[h])
@@ -187,7 +209,7 @@ class GIHTransformer(nn.Module):
         else:  # L2-normalised copies of one-hot tokens are non-negative: 0 <= K <= 1, so a·K <= max(a, 0), and the
             # exponential is taken on the pairs' table, before the (far longer) gather to the groups
             weights = gather((logits - a.detach().clamp_min(0)).exp()) * groups.count
-        per_token = k.new_zeros(batch * self.d).index_add(0, groups.slot, weights).view(batch, self.d)
+        per_token = k.new_zeros(batch * self.d).scatter_add(0, groups.slot, weights).view(batch, self.d)
         return (per_token / per_token.sum(1, keepdim=True))[:, None, :]
 
 
@@ -197,7 +219,9 @@ class GIHTransformer(nn.Module):
 
 def reference_predict(model: GIHTransformer, tokens: torch.Tensor, targets: str = "last") -> torch.Tensor:
     """(B, T, d) predictions computed as written: for each target τ, the sequence x_1..x_{τ−1} and the placeholder,
-    banded attention over whole sequences, the kernel per position. Slow (a loop over targets); for tests."""
+    banded attention over whole sequences, the kernel per position. Slow (a loop over targets); for tests and
+    hooks: the copier's attention passes ``blocks.0.attn.hook_pattern`` (B, H, τ+1, τ+1) and the classifier's, at
+    the query, ``blocks.1.attn.hook_pattern`` (B, 1, 1, τ)."""
     d, cfg = model.d, model.cfg
     length = tokens.shape[1] - 1
     out = []
@@ -207,14 +231,17 @@ def reference_predict(model: GIHTransformer, tokens: torch.Tensor, targets: str 
         n = tau + 1
         offset = torch.arange(n)[:, None] - torch.arange(n)[None, :]  # i − j
         inside = (offset >= 0) & (offset <= model.span)
-        heads = []
+        patterns = []
         for h in range(cfg.heads):
             band = inside & model.band[h][offset.clamp(0, model.span)]
             logits = torch.where(band, model.w[h][offset.clamp(0, model.span)], float("-inf")).expand(len(x), n, n)
             if model.full:
                 logits = logits + x @ model.W_Q[h] @ model.W_K[h].T @ x.transpose(1, 2)
-            attn = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row without admissible keys copies nothing
-            u = attn @ x
+            patterns.append(torch.softmax(logits, dim=-1).nan_to_num(0.0))  # a row without keys copies nothing
+        pattern = model.blocks[0].attn.hook_pattern(torch.stack(patterns, dim=1))  # (B, H, τ+1, τ+1)
+        heads = []
+        for h in range(cfg.heads):
+            u = pattern[:, h] @ x
             if model.full:
                 u = u @ model.W_OV[h].T
             if model.layernorm:
@@ -224,5 +251,6 @@ def reference_predict(model: GIHTransformer, tokens: torch.Tensor, targets: str 
             heads.append(u)
         inner = torch.stack([(u[:, :tau] * u[:, tau : tau + 1]).sum(-1) for u in heads])  # (H, B, τ)
         weights = torch.softmax(model.a * model.kernel(inner), dim=-1)
+        weights = model.blocks[1].attn.hook_pattern(weights[:, None, None, :])[:, 0, 0]  # the query's (B, 1, 1, τ)
         out.append(torch.einsum("bl,bld->bd", weights, x[:, :tau]))
     return torch.stack(out, dim=1)

@@ -30,8 +30,10 @@ class Groups:
     count: torch.Tensor  # (E,) how many keys of the sequence have this window
     log_count: torch.Tensor  # (E,) its log
     pair: torch.Tensor  # (E,) the group's (query window, key window class) pair, among the P distinct pairs
-    query_rep: list[torch.Tensor]  # per head: a query window for each distinct content of the head's band
-    key_rep: list[torch.Tensor]  # per head: the same for key windows
+    queries: torch.Tensor  # the query windows the kernel reads: one per distinct band content of some head
+    keys: torch.Tensor  # the same for key windows
+    query_rep: list[torch.Tensor]  # per head: for each distinct content of its band, a row of ``queries`` with it
+    key_rep: list[torch.Tensor]  # per head: the same in ``keys``
     head_pair: list[torch.Tensor]  # per head, (P,): each pair's entry in the head's (query rep × key rep) table
 
 
@@ -143,14 +145,18 @@ def _groups(
         query_rep.append(_first(q_of, len(q_content)))
         key_rep.append(_first(k_of, len(k_content)))
         head_pair.append(q_of[pairs // len(classes)] * len(k_content) + k_of[class_rep[pairs % len(classes)]])
+    # the copier runs only on the windows some head's table reads (a few dozen, of up to thousands)
+    query_need, key_need = torch.unique(torch.cat(query_rep)), torch.unique(torch.cat(key_rep))
     return Groups(
         seq=seq,
         slot=seq * d + key_set[key, 0],
         count=count.to(dtype),
         log_count=count.double().log().to(dtype),
         pair=pair,
-        query_rep=query_rep,
-        key_rep=key_rep,
+        queries=query_set[query_need],
+        keys=key_set[key_need],
+        query_rep=[torch.searchsorted(query_need, r) for r in query_rep],
+        key_rep=[torch.searchsorted(key_need, r) for r in key_rep],
         head_pair=head_pair,
     )
 

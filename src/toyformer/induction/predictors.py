@@ -22,7 +22,7 @@ def history_codes(tokens: torch.Tensor, offsets: tuple[int, ...], d: int) -> tup
     return code, valid.expand_as(tokens)
 
 
-def _history_matches(tokens: torch.Tensor, subset: tuple[int, ...], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+def history_matches(tokens: torch.Tensor, subset: tuple[int, ...], d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L) whether X_{l,S} equals the query's X_{L+1,S}, and the (B, L, d) one-hot inputs. The empty history
     matches everywhere (so the GIH at S = ∅ is the in-context unigram)."""
     length = tokens.shape[1]
@@ -46,7 +46,7 @@ def gih_predict(tokens: torch.Tensor, subset: tuple[int, ...], d: int, a: float)
     """The generalized induction head (docs/induction-heads.md §5): y = Σ_{l ≤ L} ω_l x_l with ω_l ∝ exp(a·1[X_{l,S} =
     X_{L+1,S}]); ``tokens`` holds x_1..x_L (the target is not read). a = inf gives the in-context conditional frequency
     after the history, with the unigram average as the fallback when the history never occurred."""
-    return _gih(*_history_matches(tokens, subset, d), a)
+    return _gih(*history_matches(tokens, subset, d), a)
 
 
 def bayes_predict(tokens: torch.Tensor, parents: tuple[int, ...], d: int, alpha: float) -> torch.Tensor:
@@ -113,7 +113,7 @@ def best_gih_a(tokens: torch.Tensor, subset: tuple[int, ...], d: int, loss: str 
     """The a in [0, 30] minimising the GIH's mean loss on ``tokens`` (B, L+1): a grid of step 0.5, refined to 0.01
     around its best point; returns (a, loss). Under nll there is a finite best a at finite L (docs/induction-heads.md
     §5); under code-ce the loss keeps falling, so the answer is the grid's end."""
-    match, onehot = _history_matches(tokens[:, :-1], subset, d)
+    match, onehot = history_matches(tokens[:, :-1], subset, d)
     target = tokens[:, -1]
 
     def best(grid: torch.Tensor) -> tuple[float, float]:

@@ -93,8 +93,8 @@ class SortedGather(torch.autograd.Function):
     """source[index] for a sorted index. On CUDA the gradient sums each run of equal indices (``runs`` with
     ``lengths``) as differences of one float64 prefix sum, where index_select's own backward adds with atomics that
     collide on repeated indices (70% of an E5 step of 256 members on an H100), and torch.segment_reduce spends a
-    thread block on each of millions of short runs. On the CPU, where adds do not collide, a plain index_add is
-    four times faster than the prefix sum."""
+    thread block on each of millions of short runs. On the CPU, where adds do not collide, a plain scatter_add is
+    several times faster than the prefix sum (and 1.4x faster than index_add)."""
 
     @staticmethod
     def forward(ctx, source: torch.Tensor, index: torch.Tensor, runs: torch.Tensor, lengths: torch.Tensor):
@@ -112,10 +112,10 @@ def run_sums(
     grad: torch.Tensor, index: torch.Tensor, runs: torch.Tensor, lengths: torch.Tensor, size: int, prefix: bool
 ) -> torch.Tensor:
     """(size,) the sum of ``grad`` over each run of equal entries of the sorted ``index``: by a float64 prefix sum
-    (``prefix``) or by index_add."""
+    (``prefix``) or by scatter_add."""
     out = grad.new_zeros(size)
     if not prefix:
-        return out.index_add_(0, index, grad)
+        return out.scatter_add_(0, index, grad)
     total = torch.cumsum(grad, 0, dtype=torch.float64)[torch.cumsum(lengths, 0) - 1]
     out[runs] = torch.diff(total, prepend=total.new_zeros(1)).to(grad.dtype)
     return out
