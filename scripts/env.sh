@@ -11,7 +11,7 @@ fi
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   # torch first and pinned, so that pip takes the local CPU build where one exists instead of a CUDA wheel.
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev,wiki,ray]"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev,wiki,ray,lens]"
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -40,6 +40,20 @@ SETTINGS = {
             "train.stages.0.groups=['c','w','a','qk','ov','norm']",
         ],
     ),
+    # a standard transformer (relative positions, MLP, LayerNorm), fresh chains every step, loss at every position
+    "standard": (
+        "induction/standard-attn2",
+        [
+            "train.steps=8",
+            "train.probes=4",
+            "data.val_sequences=60",
+            "theory.kernels=100",
+            "data.length=24",
+            "model.positions=relative",
+            "model.mlp=true",
+            "model.layernorm=true",
+        ],
+    ),
     # mini-batches, a plan per step
     "e5-batches": (
         "induction/e5",
@@ -192,6 +206,8 @@ def test_bench_quick_writes_the_public_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "QUICK_MEMBERS", (1, 2))
     monkeypatch.setitem(bench.SETTINGS, "s2", ("topic/s2", ["theory.samples=10", "data.train_docs=400"]))
     monkeypatch.setitem(bench.SETTINGS, "e5", ("induction/e5", ["data.sequences=300", "data.length=40"]))
+    small = ["data.sequences=200", "data.length=30", "theory.kernels=100"]
+    monkeypatch.setattr(bench, "STANDARD", (bench.STANDARD[0], bench.STANDARD[1] + small))
     path = tmp_path / "b.json"
     result = CliRunner().invoke(app, ["bench", "--quick", "--json", str(path)])
     assert result.exit_code == 0, result.output
@@ -200,6 +216,11 @@ def test_bench_quick_writes_the_public_keys(tmp_path, monkeypatch):
         assert r[key] > 0
     assert r["device"] == "cpu" and set(r["ensemble"]) == {"s2", "e5"}
     assert set(r["ensemble"]["s2"]) == {"1", "2"} and all(v > 0 for v in r["ensemble"]["e5"].values())
+    standard = r["standard"]  # both implementations of one model: the same loss from the same weights
+    assert (
+        standard["same_loss"]
+        and standard["speedup"] == standard["toyformer"]["steps_per_s"] / standard["eager"]["steps_per_s"]
+    )
     bad = CliRunner().invoke(app, ["bench", "--json", str(tmp_path / "missing" / "b.json")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

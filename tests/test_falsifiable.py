@@ -29,11 +29,13 @@ import torch
 
 from toyformer import config, tasks
 from toyformer.claims import all_checks, lookup, parse_terms
+from toyformer.induction.predictors import history_matches
 from toyformer.induction.theory import predicted_offsets
 from toyformer.train.loop import train
 from toyformer.train.seeds import member_config
 
 SHORT = {
+    "standard": ["theory.kernels=300", "train.probes=4"],
     "topic": ["data.train_docs=200", "data.dev_docs=50", "theory.samples=400", "train.probes=6", "probes.docs=16"],
     "induction": ["data.sequences=1000", "theory.kernels=300", "train.probes=4"],
 }
@@ -70,7 +72,10 @@ VANISHING = 1e-30
 UNTRAINED_SEEDS = (1, 2)  # besides the recipe's own seed
 TOPIC_TRAIN_STEPS = 150  # the brief training whose structure (b) moves onto the wrong topics
 # Metrics that describe the structure a model has (rather than when it formed or how large a is).
-STRUCTURAL = ("wv_", "attn_", "qk_", "emb_", "selected_", "subset_share", "predicted_share", "gap_share", "loss_")
+STRUCTURAL = (
+    *("wv_", "attn_", "qk_", "emb_", "selected_", "subset_share", "predicted_share", "gap_share", "loss_"),
+    *("used_", "copiers_", "phases_"),  # standard transformers: the heads' roles and the loss phases
+)
 
 RECIPES = config.recipe_names()
 
@@ -100,6 +105,9 @@ def _config(name: str, tmp, untrained: bool = True, steps: int | None = None) ->
         overrides = SHORT["induction"] + [
             f"train.stages.{k}.{kv}" for k in stages for kv in ("steps=1", f"lr={VANISHING}")
         ]
+    elif base.task == "standard":
+        size = "data.sequences=1000" if base.data.split == "fixed" else "data.val_sequences=300"
+        overrides = SHORT["standard"] + [size, "train.steps=1", f"train.lr={VANISHING}"]
     else:
         if getattr(base.data, "kind", None) == "text":
             overrides = TEXT + [f"data.corpus.source={planted_text(tmp / 'planted.jsonl')}"]
@@ -155,6 +163,42 @@ def wrong_copier(experiment) -> None:
     _a_star(experiment, model)
 
 
+def wrong_roles(experiment) -> None:
+    """A standard transformer whose heads are held, through their hooks, to the roles of a wrong subset: the one of
+    S*'s size with the fewest true parents among the candidates. Every first-layer head copies an offset of that
+    subset, and the last layer's heads spread the last query's attention over the keys matching it there."""
+    model, cfg = experiment.model, experiment.cfg
+    star, parents = predicted_offsets(experiment.theory), set(cfg.data.parents)
+    wrong = min(
+        (s for s in experiment.subsets if s != star),
+        key=lambda s: (abs(len(s) - len(star)), len(set(s) & parents), s),
+    )
+    seen: dict = {}
+    model.register_forward_pre_hook(lambda module, args: seen.update(tokens=args[0]))
+
+    def copier(pattern, name):
+        t = pattern.shape[-1]
+        rows = torch.arange(t - pattern.shape[-2], t)
+        out = torch.zeros_like(pattern)
+        for h in range(pattern.shape[1]):
+            out[:, h, torch.arange(len(rows)), (rows - wrong[h % len(wrong)]).clamp_min(0)] = 1.0
+        return out
+
+    def induction(pattern, name):
+        match, _ = history_matches(seen["tokens"], wrong, cfg.data.d)
+        row = torch.where(
+            match.any(1, keepdim=True), match.to(pattern.dtype), torch.ones_like(match, dtype=pattern.dtype)
+        )
+        out = pattern.clone()
+        out[:, :, -1] = (row / row.sum(1, keepdim=True))[:, None, :]
+        return out
+
+    last = cfg.model.layers - 1
+    for layer in range(last):
+        model.hook_dict[f"blocks.{layer}.attn.hook_pattern"].fns.append(copier)
+    model.hook_dict[f"blocks.{last}.attn.hook_pattern"].fns.append(induction)
+
+
 def topic_permutation(id_topics: torch.Tensor) -> torch.Tensor:
     """A permutation of ids that deals each topic's words out across the topics: the single-topic words, listed by
     topic, take the places of the same words listed by their rank within the topic (with T topics of v = T words,
@@ -198,8 +242,8 @@ def outcomes(name: str, tmp: str) -> dict:
     runs = {"untrained": _summary(untrained, tmp / "untrained")}
     for seed in UNTRAINED_SEEDS:  # a claim that fails at init only for some draws of the init is not falsifiable
         runs[f"untrained seed {seed}"] = _summary(member_config(untrained, seed), tmp / f"untrained-{seed}")
-    if base.task == "induction":
-        for plant in (wrong_selector, wrong_copier):
+    if base.task in ("induction", "standard"):
+        for plant in (wrong_selector, wrong_copier) if base.task == "induction" else (wrong_roles,):
             runs[plant.__name__] = _summary(untrained, tmp / plant.__name__, plant)
     else:
         brief = tasks.build(_config(name, tmp, untrained=False, steps=min(base.train.steps, TOPIC_TRAIN_STEPS)))
@@ -215,7 +259,7 @@ def outcomes(name: str, tmp: str) -> dict:
     for claim in base.claims:
         held = {label: next(c["ok"] for c in all_checks(s) if c["name"] == claim.name) for label, s in runs.items()}
         table[claim.name] = {"kind": claim.kind, "structural": structural(claim), "held": held}
-    return {"table": table, "untrained": runs["untrained"], "cfg": base}
+    return {"table": table, "untrained": runs["untrained"], "cfg": base, "runs": runs}
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -234,6 +278,10 @@ def test_claims_can_fail(name, tmp_path_factory):
         n for n, r in results.items() if r["structural"] and all(ok for k, ok in r["held"].items() if "wrong" in k)
     ]
     assert not held_planted, f"hold on every planted wrong model: {held_planted}"
+    if cfg.task == "standard":  # the planted roles are read back: the claims fail on the structure, not by default
+        planted = out["runs"]["wrong_roles"]["final"]
+        assert planted["used_subset"] not in ("none", theory["predicted_subset"]), planted["used_subset"]
+        assert planted["copier_offsets"] == planted["used_subset"], planted["copier_offsets"]
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ function-local imports count as arrows too.
 
 - The core knows no family: it imports only the core.
 - A family imports the core and itself, never another family, except that topic builds on text (a topic run on a
-  real corpus reads text's corpora and topic fits).
+  real corpus reads text's corpora and topic fits) and standard on induction (its chains, theory and reference
+  predictors).
 - The registry sits above the families and below the CLI, the benchmarks and sweeps; nothing imports what sits
   above it.
 - Theory is pure functions: no model, plan, probe, training or report module.
@@ -20,10 +21,10 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CORE = {"config", "claims", "runs", "random", "task", "train"}
-FAMILIES = {"topic", "induction", "text"}
+CORE = {"config", "claims", "runs", "random", "task", "train", "hooks"}
+FAMILIES = {"topic", "induction", "text", "standard"}
 TOP = {"cli", "bench", "sweep", "toyformer"}  # above the registry: they reach the families through it
-MAY_IMPORT = {"topic": {"text"}}  # family → the other families it builds on
+MAY_IMPORT = {"topic": {"text"}, "standard": {"induction"}}  # family → the other families it builds on
 # each family's modules, lowest layer first: a module imports only modules before it
 LAYERS = {
     "topic": ["config", "batch", "lda", "masking", "stream", "model", "losses", "theory", "stages", "probes", "report"]
@@ -31,6 +32,7 @@ LAYERS = {
     "induction": ["config", "chains", "theory", "losses", "predictors", "plan", "model", "probes", "report"]
     + ["experiment", "stacked"],
     "text": ["config", "pairs", "corpus", "topics", "probes", "report", "analysis"],
+    "standard": ["config", "model", "lens", "roles", "report", "experiment", "stacked"],
 }
 NOT_THEORY = {"model", "plan", "probes", "experiment", "stacked", "report", "stream", "stages"}
 THEORY = {"theory", "predictors"}

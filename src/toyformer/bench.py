@@ -1,5 +1,6 @@
 """Speed and memory of the training path (``toyformer bench``): generator throughput, one-model steps/s in the S2 and
-E5 settings, seed-ensemble scaling, probe overhead and peak memory, as one JSON object. On a GPU it also measures
+E5 settings, seed-ensemble scaling, probe overhead, the standard transformer against an eager nanoGPT-like model of
+the same weights, and peak memory, as one JSON object. On a GPU it also measures
 the card's matrix-multiply peak and copy bandwidth and reports the largest ensemble's achieved FLOP/s and memory
 traffic against them.
 
@@ -269,6 +270,10 @@ def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None
             d["share_of_matmul_fp32_peak"] = d["achieved_flop_per_s"] / peaks["matmul_fp32_flop_per_s"]
             d["share_of_copy_bandwidth"] = d["achieved_bytes_per_s"] / peaks["copy_bytes_per_s"]
         results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    if dev.type == "cpu":
+        progress("standard transformer against the eager reference")
+        results["standard"] = standard_speed(3.0 if quick else 10.0)
+        results["standard_speedup"] = results["standard"]["speedup"]
     results["peak_memory_mb"] = peak_memory_mb()
     return results
 
@@ -333,4 +338,93 @@ def sweep_speed(
         out["max_final_loss_difference"] = worst
     if "ray" in backends and "local" in backends:
         out["ray_overhead_s"] = out["ray_s"] - out["local_s"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Standard transformers against the same model written the straightforward way
+
+STANDARD = ("induction/standard-attn2", ["data.split=fixed", "data.batch_size=null", "data.targets=last"])
+
+
+class EagerGPT(torch.nn.Module):
+    """The model of a (attention-only, absolute positions) ``StandardTransformer`` written as nanoGPT writes one: a
+    fused QKV linear, explicit masked-softmax attention and logits at every position, the loss then reading the
+    last. It takes the standard model's weights, so both compute the same loss."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        nn = torch.nn
+        cfg = model.cfg
+        self.heads, self.d_head = cfg.heads, cfg.head_dim
+        self.wte, self.wpe = nn.Parameter(model.W_E.detach().clone()), nn.Parameter(model.W_pos.detach().clone())
+        self.attn, self.proj = nn.ModuleList(), nn.ModuleList()
+        for block in model.blocks:
+            a = block.attn
+            qkv = nn.Linear(cfg.d_model, 3 * cfg.heads * cfg.head_dim)
+            w = torch.cat([m.detach().permute(0, 2, 1).reshape(-1, cfg.d_model) for m in (a.W_Q, a.W_K, a.W_V)])
+            qkv.weight.data.copy_(w)
+            qkv.bias.data.copy_(torch.cat([b.detach().reshape(-1) for b in (a.b_Q, a.b_K, a.b_V)]))
+            proj = nn.Linear(cfg.heads * cfg.head_dim, cfg.d_model)
+            proj.weight.data.copy_(a.W_O.detach().reshape(-1, cfg.d_model).T)
+            proj.bias.data.copy_(a.b_O.detach())
+            self.attn.append(qkv)
+            self.proj.append(proj)
+        self.lm_head = nn.Parameter(model.unembed().detach().clone())
+        self.b_U = nn.Parameter(model.b_U.detach().clone())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t = tokens.shape
+        x = self.wte[tokens] + self.wpe[:t]
+        mask = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+        for qkv, proj in zip(self.attn, self.proj, strict=True):
+            q, k, v = qkv(x).split(self.heads * self.d_head, dim=2)
+            q, k, v = (z.view(b, t, self.heads, self.d_head).transpose(1, 2) for z in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / self.d_head**0.5)
+            att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+            y = (att @ v).transpose(1, 2).contiguous().view(b, t, self.heads * self.d_head)
+            x = x + proj(y)
+        return x @ self.lm_head + self.b_U
+
+
+def _standard_child(impl: str, seconds: float, recipe: str, overrides: list[str]) -> None:
+    """In a child process (so that its peak memory is its own): steps/s of one implementation on the grid-base
+    chains, full batch, the loss at x_{L+1}; prints JSON."""
+    import torch.nn.functional as F
+
+    from toyformer.standard.experiment import sequence_loss
+
+    x = build(load(recipe, overrides))
+    tokens = x.batch(0)
+    model = x.model if impl == "toyformer" else EagerGPT(x.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def loss() -> torch.Tensor:
+        if impl == "toyformer":
+            return sequence_loss(model, tokens, "last")
+        return F.cross_entropy(model(tokens[:, :-1])[:, -1], tokens[:, -1])
+
+    first = float(loss())
+
+    def step(i: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+
+    steps = rate(step, torch.device("cpu"), seconds, warmup=1)
+    print(json.dumps({"steps_per_s": steps, "peak_memory_mb": peak_memory_mb(), "first_loss": first}))
+
+
+def standard_speed(seconds: float) -> dict:
+    """The standard transformer's training step (fused attention, the last block at the last position only) against
+    the eager nanoGPT-like model with the same weights, each in its own process on this CPU."""
+    recipe, overrides = STANDARD
+    out = {"setting": f"{recipe} with {' '.join(overrides)}"}
+    for impl in ("toyformer", "eager"):
+        args = f"{impl!r}, {seconds}, {recipe!r}, {overrides!r}"
+        code = f"from toyformer.bench import _standard_child; _standard_child({args})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["speedup"] = out["toyformer"]["steps_per_s"] / out["eager"]["steps_per_s"]
+    out["same_loss"] = abs(out["toyformer"]["first_loss"] - out["eager"]["first_loss"]) < 1e-4
     return out

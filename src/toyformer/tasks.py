@@ -8,6 +8,7 @@ from typing import Any
 
 from toyformer.config import ConfigError, RunConfig, read, validate_as
 from toyformer.induction.config import InductionConfig
+from toyformer.standard.config import StandardConfig
 from toyformer.task import Task
 from toyformer.text.config import AnalysisConfig
 from toyformer.topic.config import TopicConfig
@@ -36,6 +37,14 @@ TASKS: dict[str, Task] = {
         optimizer="toyformer.induction.experiment:optimizer",
         stacked="toyformer.induction.stacked:InductionStep",
         stack_keys=("data.parents", "data.alpha", "model.c_init", "model.a_init", "model.w_plus", "model.w_minus"),
+        cpu_stacks_cells=False,
+    ),
+    "standard": Task(
+        StandardConfig,
+        experiment="toyformer.standard.experiment:StandardExperiment",
+        optimizer="toyformer.standard.experiment:optimizer",
+        stacked="toyformer.standard.stacked:StandardStep",
+        stack_keys=("data.parents", "data.alpha", "model.init_std"),
         cpu_stacks_cells=False,
     ),
     "analyze": Task(AnalysisConfig),  # `toyformer analyze`: measures a pretrained model, trains nothing

@@ -1,0 +1,158 @@
+"""A standard decoder-only transformer for the n-gram tasks (docs/standard-transformers.md): token embedding,
+positions (learned absolute, a learned relative bias per head and offset, or rotary), ``layers`` blocks of causal
+multi-head attention (optionally an MLP after it, optionally pre-LayerNorm), and an unembedding (tied to the embedding
+or not). Parameter and hook names follow TransformerLens: ``W_E`` (d_vocab, d_model), ``W_pos`` (n_ctx, d_model),
+``blocks.{l}.attn.W_Q`` / ``W_K`` / ``W_V`` (n_heads, d_model, d_head), ``W_O`` (n_heads, d_head, d_model),
+``blocks.{l}.mlp.W_in`` (d_model, d_mlp), ``W_out``, ``W_U`` (d_model, d_vocab), ``blocks.{l}.ln1.w`` …
+
+Position t of the input reads x_1..x_t and its logits predict x_{t+1}. With ``last=True`` only the last position's
+logits are made: the last block computes its query, MLP and unembedding at that position alone (its keys and values
+still read every position), which is all the last-token loss needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toyformer.hooks import Hooked, HookPoint
+from toyformer.standard.config import StandardModelConfig
+
+
+def normal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> nn.Parameter:
+    return nn.Parameter(torch.randn(shape, generator=gen) * std)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.zeros(d_model))
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.w, self.b, 1e-5))
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotary positions on (B, T, H, d_head) at ``positions`` (T,): each pair (x_{2i}, x_{2i+1}) turned by the angle
+    position · base^(−2i/d_head)."""
+    half = x.shape[-1] // 2
+    freq = base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
+    angle = positions.to(x.dtype)[:, None] * freq  # (T, half)
+    cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: StandardModelConfig, n_ctx: int, gen: torch.Generator):
+        super().__init__()
+        h, dm, dh = cfg.heads, cfg.d_model, cfg.head_dim
+        self.cfg, self.scale = cfg, 1.0 / math.sqrt(dh)
+        self.W_Q, self.W_K, self.W_V = (normal((h, dm, dh), cfg.init_std, gen) for _ in range(3))
+        self.W_O = normal((h, dh, dm), cfg.init_std, gen)
+        self.b_Q, self.b_K, self.b_V = (nn.Parameter(torch.zeros(h, dh)) for _ in range(3))
+        self.b_O = nn.Parameter(torch.zeros(dm))
+        if cfg.positions == "relative":  # a learned bias per head on each offset i − j = 0 .. n_ctx−1
+            self.W_rel = nn.Parameter(torch.zeros(h, n_ctx))
+        for name in ("q", "k", "v", "attn_scores", "pattern", "z"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, d_model), or (B, 1, d_model) for the last position alone."""
+        t = x.shape[1]
+        keys = torch.arange(t, device=x.device)
+        queries = keys[-1:] if last else keys
+        xq = x[:, -1:] if last else x
+        q = self.hook_q(torch.einsum("btm,hmd->bthd", xq, self.W_Q) + self.b_Q)  # (B, Tq, H, d_head)
+        k = self.hook_k(torch.einsum("btm,hmd->bthd", x, self.W_K) + self.b_K)
+        v = self.hook_v(torch.einsum("btm,hmd->bthd", x, self.W_V) + self.b_V)
+        if self.cfg.positions == "rotary":
+            q, k = rotate(q, queries, self.cfg.rotary_base), rotate(k, keys, self.cfg.rotary_base)
+        qh, kh, vh = (a.transpose(1, 2) for a in (q, k, v))  # (B, H, T, d_head)
+        explicit = self.hook_attn_scores.fns or self.hook_pattern.fns or not self.cfg.fused
+        if not explicit and self.cfg.positions != "relative":  # the causal mask as a flag: the kernel skips blocks
+            z = F.scaled_dot_product_attention(qh, kh, vh, is_causal=not last)  # (the last query sees every key)
+        else:
+            offset = queries[:, None] - keys[None, :]  # (Tq, T): i − j
+            bias = torch.zeros(offset.shape, dtype=x.dtype, device=x.device).masked_fill(offset < 0, float("-inf"))
+            if self.cfg.positions == "relative":
+                bias = bias + self.W_rel[:, offset.clamp_min(0)]  # (H, Tq, T)
+            if explicit:
+                scores = self.hook_attn_scores(qh @ kh.transpose(-1, -2) * self.scale + bias)
+                z = self.hook_pattern(torch.softmax(scores, dim=-1)) @ vh
+            else:
+                z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)
+        z = self.hook_z(z.transpose(1, 2))  # (B, Tq, H, d_head)
+        return torch.einsum("bthd,hdm->btm", z, self.W_O) + self.b_O
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: StandardModelConfig, gen: torch.Generator):
+        super().__init__()
+        self.W_in = normal((cfg.d_model, cfg.mlp_dim), cfg.init_std, gen)
+        self.b_in = nn.Parameter(torch.zeros(cfg.mlp_dim))
+        self.W_out = normal((cfg.mlp_dim, cfg.d_model), cfg.init_std, gen)
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        post = self.hook_post(F.gelu(self.hook_pre(x @ self.W_in + self.b_in)))
+        return post @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: StandardModelConfig, n_ctx: int, gen: torch.Generator):
+        super().__init__()
+        self.cfg = cfg
+        self.ln1 = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
+        self.attn = Attention(cfg, n_ctx, gen)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        if cfg.mlp:
+            self.ln2 = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
+            self.mlp = MLP(cfg, gen)
+            self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+
+    def forward(self, resid: torch.Tensor, last: bool = False) -> torch.Tensor:
+        resid = self.hook_resid_pre(resid)
+        attn = self.hook_attn_out(self.attn(self.ln1(resid), last))
+        resid = (resid[:, -1:] if last else resid) + attn
+        if self.cfg.mlp:
+            resid = self.hook_resid_mid(resid)
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
+
+
+class StandardTransformer(Hooked):
+    """Logits (B, T, d_vocab) of tokens (B, T) in 0..d_vocab−1, or (B, 1, d_vocab) at the last position. The
+    initial weights are drawn from ``gen``, in the order the modules are built."""
+
+    def __init__(self, cfg: StandardModelConfig, d_vocab: int, n_ctx: int, gen: torch.Generator):
+        super().__init__()
+        self.cfg, self.d_vocab, self.n_ctx = cfg, d_vocab, n_ctx
+        self.W_E = normal((d_vocab, cfg.d_model), cfg.init_std, gen)
+        self.hook_embed = HookPoint()
+        if cfg.positions == "absolute":
+            self.W_pos = normal((n_ctx, cfg.d_model), cfg.init_std, gen)
+            self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(Block(cfg, n_ctx, gen) for _ in range(cfg.layers))
+        self.ln_final = LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
+        if not cfg.tied:
+            self.W_U = normal((cfg.d_model, d_vocab), cfg.init_std, gen)
+        self.b_U = nn.Parameter(torch.zeros(d_vocab))
+        self.name_hooks()
+
+    def unembed(self) -> torch.Tensor:
+        """W_U (d_model, d_vocab): its own matrix, or the embedding's transpose when tied."""
+        return self.W_E.T if self.cfg.tied else self.W_U
+
+    def forward(self, tokens: torch.Tensor, last: bool = False) -> torch.Tensor:
+        resid = self.hook_embed(self.W_E[tokens])  # (B, T, d_model)
+        if self.cfg.positions == "absolute":
+            resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+        for i, block in enumerate(self.blocks):
+            resid = block(resid, last and i == len(self.blocks) - 1)
+        return self.ln_final(resid) @ self.unembed() + self.b_U
