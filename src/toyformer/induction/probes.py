@@ -55,6 +55,19 @@ def copy_attention(model: GIHTransformer, plan: Plan, weights: torch.Tensor) -> 
     return torch.einsum("n,nho->ho", weights.to(attention.dtype), attention) / weights.sum()
 
 
+def selected(attention: torch.Tensor, model: GIHTransformer) -> tuple[dict[str, int], tuple[int, ...]]:
+    """The offset each head copies most (from its mean copy weights ``attention`` (H, span+1)), and the offsets
+    copied by the heads of the largest-p_S subset (none when it leads by no more than TIE)."""
+    offsets = attention.argmax(1).tolist()
+    copy_offset = {str(h + 1): o for h, o in enumerate(offsets)}
+    share = model.subset_share()
+    top = torch.topk(share, min(2, len(share))).values
+    if len(top) > 1 and top[0] - top[1] <= TIE * top[0]:
+        return copy_offset, ()
+    best = model.subsets[int(share.argmax())]
+    return copy_offset, tuple(sorted({offsets[h] for h in best}))
+
+
 class InductionProbe:
     """``predicted`` is the theory's S* (offsets): ``predicted_share`` is the p_S the selector puts on head subsets
     whose heads copy exactly those offsets (p_110 of the official logs when heads 1 and 2 copy offsets 1 and 2)."""
@@ -65,18 +78,6 @@ class InductionProbe:
         self.val, self.plan, self.cfg, self.references, self.predicted = val, plan, cfg, references, predicted
         self.inputs, self.target = val.tokens[:, :-1].cpu(), val.tokens[:, -1].cpu()
         self.weights = window_weights(plan, cfg.data.d)
-
-    def selected(self, attention: torch.Tensor, model: GIHTransformer) -> tuple[dict[str, int], tuple[int, ...]]:
-        """The offset each head copies most (from its mean copy weights), and the offsets copied by the heads of the
-        largest-p_S subset."""
-        offsets = attention.argmax(1).tolist()
-        copy_offset = {str(h + 1): o for h, o in enumerate(offsets)}
-        share = model.subset_share()
-        top = torch.topk(share, min(2, len(share))).values
-        if len(top) > 1 and top[0] - top[1] <= TIE * top[0]:
-            return copy_offset, ()
-        best = model.subsets[int(share.argmax())]
-        return copy_offset, tuple(sorted({offsets[h] for h in best}))
 
     def predicted_share(self, share: torch.Tensor, offsets: list[int], model: GIHTransformer) -> float:
         hits = [sorted({offsets[h] for h in s}) == sorted(self.predicted) for s in model.subsets]
@@ -90,7 +91,7 @@ class InductionProbe:
         record["gap_share"] = gap_share(record.get("loss_val_last", record["loss_val"]), self.references)
         share = model.subset_share()
         attention = copy_attention(model, self.plan, self.weights)
-        copy_offset, subset = self.selected(attention, model)
+        copy_offset, subset = selected(attention, model)
         a = float(model.a)
         gih = gih_predict(self.inputs, subset, model.d, a)
         band = model.band
@@ -118,6 +119,6 @@ class InductionProbe:
     def final_extras(self, model: GIHTransformer) -> dict:
         """The fixed reference losses, and the nll-optimal a of the GIH at the model's own S (docs/induction-heads.md
         §5)."""
-        _, subset = self.selected(copy_attention(model, self.plan, self.weights), model)
+        _, subset = selected(copy_attention(model, self.plan, self.weights), model)
         best_a, best_loss = best_gih_a(self.val.tokens.cpu(), subset, model.d, "nll")
         return self.references | {"gih_best_a_nll": best_a, "loss_gih_best_a_nll": best_loss}
