@@ -24,6 +24,7 @@ from toyformer import tasks
 from toyformer.cli import app
 from toyformer.config import MEMORY_SHARE, machine_memory
 from toyformer.runs import Run
+from toyformer.sweep.figures import axis_label, coordinate, place
 from toyformer.sweep.local import blocks, run_sweep, start
 from toyformer.sweep.results import grid_claims
 from toyformer.sweep.spec import SweepConfig, cells, load_sweep, sweep_names
@@ -340,3 +341,16 @@ def test_bench_times_a_sweep_against_the_shell_loop_of_the_same_cells(tmp_path):
         bad = CliRunner().invoke(app, ["bench", "--sweep", str(spec), *flags])
         assert bad.exit_code == 2 and "\n" not in bad.stderr.strip(), flags
     assert CliRunner().invoke(app, ["bench", "--set", "data.d=4"]).exit_code == 2
+
+
+def test_every_cell_of_a_shipped_sweep_has_its_own_place_in_each_phase_diagram():
+    """A zipped key's value may repeat along the zip (selection-phase: parents [1, 2, 3] at D = 2 and at D = 3);
+    its tick is the zipped tuple, so two cells never share a square and the diagram does not overprint them."""
+    for name in sweep_names():
+        spec = load_sweep(name)
+        grid = cells(spec)
+        for plot in spec.plots:
+            assert len({place(spec, plot, c.values) for c in grid}) == len(grid), (name, plot.value)
+    spec = load_sweep("induction/selection-phase")
+    ticks = {coordinate(spec, c.values, "data.parents") for c in cells(spec)}
+    assert {"[1, 2, 3], 2", "[1, 2, 3], 3"} <= ticks and axis_label(spec, "data.parents").endswith("model.degree")

@@ -33,15 +33,40 @@ def _note(entry: dict) -> str:
     return f"S*={{{theory['predicted_subset']}}}" + (f"\n{margin:.0%}" if margin is not None else "")
 
 
+def coordinate(spec: SweepConfig, values: dict, axis: str) -> str:
+    """A cell's tick on ``axis``. A zipped key is one axis with every zipped key: its own value may repeat along the
+    zip (parents [1, 2, 3] at D = 2 and at D = 3), the zipped tuple does not."""
+    if axis in spec.zip:
+        return ", ".join(literal(values[k]) for k in spec.zip)
+    return literal(values[axis])
+
+
+def axis_label(spec: SweepConfig, axis: str) -> str:
+    return ", ".join(spec.zip) if axis in spec.zip else axis
+
+
+def panel_keys(spec: SweepConfig, plot: Plot) -> list[str]:
+    """The keys not drawn on a plot's axes, one panel per combination of their values. Zipped keys are one axis:
+    the others vary with the one drawn."""
+    shown = {plot.x, plot.y}
+    if shown & set(spec.zip):
+        shown |= set(spec.zip)
+    return [k for k in (*spec.axes, *spec.zip) if k not in shown]
+
+
+def place(spec: SweepConfig, plot: Plot, values: dict) -> tuple[tuple[str, ...], str, str]:
+    """Where a cell goes in a plot: its panel, its y tick and its x tick."""
+    panel = tuple(literal(values[k]) for k in panel_keys(spec, plot))
+    return panel, coordinate(spec, values, plot.y) if plot.y else "", coordinate(spec, values, plot.x)
+
+
 def phase_diagram(spec: SweepConfig, summary: dict, plot: Plot, path: Path) -> Path:
     entries = summary["cells"]
-    shown = {plot.x, plot.y}
-    if shown & set(spec.zip):  # zipped keys are one axis: the others vary with the one drawn
-        shown |= set(spec.zip)
-    keys = [k for k in (*spec.axes, *spec.zip) if k not in shown]
-    xs = list(dict.fromkeys(literal(e["values"][plot.x]) for e in entries))
-    ys = list(dict.fromkeys(literal(e["values"][plot.y]) for e in entries)) if plot.y else [""]
-    panels = list(dict.fromkeys(tuple(literal(e["values"][k]) for k in keys) for e in entries))
+    keys = panel_keys(spec, plot)
+    where = [place(spec, plot, e["values"]) for e in entries]
+    panels = list(dict.fromkeys(p for p, _, _ in where))
+    ys = list(dict.fromkeys(y for _, y, _ in where))
+    xs = list(dict.fromkeys(x for _, _, x in where))
     size = (len(panels) * (1.2 * len(xs) + 2.5), 0.8 * len(ys) + 2.2)
     fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
     share = plot.value.startswith("claim:")
@@ -49,11 +74,10 @@ def phase_diagram(spec: SweepConfig, summary: dict, plot: Plot, path: Path) -> P
     for ax, panel in zip(axes[0], panels, strict=True):
         grid = np.full((len(ys), len(xs)), np.nan)
         cells = []
-        for e in entries:
-            if tuple(literal(e["values"][k]) for k in keys) != panel:
+        for e, (p, y, x) in zip(entries, where, strict=True):
+            if p != panel:
                 continue
-            i = ys.index(literal(e["values"][plot.y])) if plot.y else 0
-            j = xs.index(literal(e["values"][plot.x]))
+            i, j = ys.index(y), xs.index(x)
             grid[i, j] = _value(e, plot.value)
             cells.append((i, j, e))
         finite = grid[np.isfinite(grid)]
@@ -69,9 +93,9 @@ def phase_diagram(spec: SweepConfig, summary: dict, plot: Plot, path: Path) -> P
         image = ax.imshow(grid, cmap="viridis", vmin=low, vmax=high, aspect="auto")
         ax.set_xticks(range(len(xs)), xs, fontsize=8)
         ax.set_yticks(range(len(ys)), ys, fontsize=8)
-        ax.set_xlabel(plot.x)
+        ax.set_xlabel(axis_label(spec, plot.x))
         if plot.y:
-            ax.set_ylabel(plot.y)
+            ax.set_ylabel(axis_label(spec, plot.y))
         title = ", ".join(f"{k}={v}" for k, v in zip(keys, panel, strict=True)) or spec.name
         ax.set_title(title + ("\n(hatched: the theory's margin is a tie)" if ties else ""), fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8, label=plot.value)
