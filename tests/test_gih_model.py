@@ -40,12 +40,15 @@ def _model(seed: int = 0, d: int = 3, **kw) -> GIHTransformer:
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
 @pytest.mark.parametrize("targets", ["last", "all"])
-@pytest.mark.parametrize("fast", [True, False])
-def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast):
+@pytest.mark.parametrize("fast,sums", [(True, False), (True, True), (False, False)], ids=["fast", "sums", "slow"])
+def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast, sums):
+    """Every path (the grouped classifier by gather and scatter, or by the groups' sparse sum; the per-position
+    path) against the literal model."""
     chains = sample_batch(12, 3, (1, 2), 0.3, 14, generator(0, "model-test"))
     model = _model(**kw)
-    plan = make_plan(chains.tokens, model.band, 3, targets, fast, torch.float64)
+    plan = make_plan(chains.tokens, model.band, 3, targets, fast, torch.float64, sums=sums)
     assert plan.table == fast and (plan.groups is not None) == (fast and targets == "last")
+    assert plan.groups is None or (plan.groups.sum is not None) == sums
     got = model(plan)
     want = reference_predict(model, chains.tokens, targets)
     assert got.shape == want.shape == (12, 1 if targets == "last" else 14, 3)

@@ -102,13 +102,13 @@ class ChainData(Chainsets):
     def __init__(self, cfg: InductionConfig, band: torch.Tensor, device: torch.device):
         super().__init__(cfg, device)
         self.band = band
-        self.train_plan = self._plan(self.train.tokens) if self.full else None
+        # the training plan is read at every step: on the CPU it carries the groups' sparse sum
+        self.train_plan = self._plan(self.train.tokens, device.type == "cpu") if self.full else None
         self.val_plan = self._plan(self.val.tokens)
 
-    def _plan(self, tokens: torch.Tensor) -> Plan:
-        return make_plan(
-            tokens, self.band.to(tokens.device), self.cfg.data.d, self.cfg.data.targets, self.cfg.model.fast
-        )
+    def _plan(self, tokens: torch.Tensor, sums: bool = False) -> Plan:
+        d = self.cfg
+        return make_plan(tokens, self.band.to(tokens.device), d.data.d, d.data.targets, d.model.fast, sums=sums)
 
     def batch(self, step: int) -> Plan:
         return self.train_plan if self.full else self._plan(self.tokens(step))

@@ -27,7 +27,7 @@ from torch import nn
 
 from toyformer.hooks import Hooked, HookPoint
 from toyformer.induction.config import GIHModelConfig
-from toyformer.induction.plan import Groups, Plan, scored_positions
+from toyformer.induction.plan import Groups, GroupSum, Plan, scored_positions
 
 EPS_L2 = 1e-6
 MASKED = -1e9  # finite, so a row without admissible keys gives u = 0 instead of NaN
@@ -158,11 +158,10 @@ class GIHTransformer(Hooked):
 
     def forward(self, plan: Plan) -> torch.Tensor:
         """Predicted distributions (B, targets, d) for the sequences of ``plan``."""
-        if plan.groups is not None:  # K for each distinct (query window, key window) pair, then per group
-            pair = plan.groups.pair
-            return self.classify(
-                plan.groups, self.pair_kernel(plan), self.a, len(plan.labels), lambda t: t.index_select(0, pair)
-            )
+        if plan.groups is not None:  # K for each distinct (query window, key class) pair, then per group
+            g = plan.groups
+            kernel, gather = self.pair_kernel(plan), lambda t: t.index_select(0, g.pair)
+            return self.classify(g, kernel, self.a, len(plan.labels), gather, g.sum)
         keys, queries = self.copier(plan.keys), self.copier(plan.queries)  # (n_k, H, d), (n_q, H, d)
         if plan.table:
             table = self.kernel(torch.einsum("qhd,khd->hqk", queries, keys)).reshape(-1)
@@ -176,7 +175,7 @@ class GIHTransformer(Hooked):
         return torch.einsum("btl,bld->btd", torch.softmax(logits, dim=-1), plan.onehot)
 
     def pair_kernel(self, plan: Plan, head_pair: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """(P,) the kernel K of every distinct (query window, key window) pair of a grouped plan: head h's inner
+        """(P,) the kernel K of every distinct (query window, key class) pair of a grouped plan: head h's inner
         products come from a table over its own distinct band contents, read at ``head_pair[h]`` (default: the
         plan's own). This depends on the data only through the windows, so an ensemble computes it for every
         member on one shared plan, each member at its own pairs."""
@@ -196,21 +195,29 @@ class GIHTransformer(Hooked):
         a: torch.Tensor,
         batch: int,
         gather: Callable[[torch.Tensor], torch.Tensor],
+        group_sum: GroupSum | None = None,
     ) -> torch.Tensor:
         """The classifier over (sequence, distinct key window) groups, (batch, 1, d): a group of n equal windows is
         one key with weight n, so a softmax over L positions becomes a weighted softmax over a sequence's distinct
         windows. ``k`` is the kernel of each distinct pair and ``a`` the scale (one, or one per member of an
-        ensemble, broadcast against ``k``); ``gather`` reads a table shaped like ``k`` at each group's pair."""
+        ensemble, broadcast against ``k``); ``gather`` reads a table shaped like ``k`` at each group's pair, and
+        ``group_sum``, where the plan has one, sums such a table over each sequence's groups by token at once."""
         logits = a * k
         if self.full or self.layernorm:  # shifted by the largest logit of each sequence
             logits = gather(logits) + groups.log_count  # (E,)
             shift = k.new_zeros(batch).scatter_reduce(0, groups.seq, logits.detach(), "amax", include_self=False)
             weights = (logits - shift.index_select(0, groups.seq)).exp()
         else:  # L2-normalised copies of one-hot tokens are non-negative: 0 <= K <= 1, so a·K <= max(a, 0), and the
-            # exponential is taken on the pairs' table, before the (far longer) gather to the groups
-            weights = gather((logits - a.detach().clamp_min(0)).exp()) * groups.count
-        per_token = k.new_zeros(batch * self.d).scatter_add(0, groups.slot, weights).view(batch, self.d)
-        return (per_token / per_token.sum(1, keepdim=True))[:, None, :]
+            # exponential is taken on the pairs' table, before the (far longer) reading by the groups
+            table = (logits - a.detach().clamp_min(0)).exp()
+            if group_sum is not None:
+                return _normalised(group_sum(table.reshape(-1)).view(batch, self.d))
+            weights = gather(table) * groups.count
+        return _normalised(k.new_zeros(batch * self.d).scatter_add(0, groups.slot, weights).view(batch, self.d))
+
+
+def _normalised(per_token: torch.Tensor) -> torch.Tensor:
+    return (per_token / per_token.sum(1, keepdim=True))[:, None, :]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 Fast path. Head h's output at position i depends only on the window (x_i, x_{i−1}, …, x_{i−span}): its tokens, and
 which of them lie before the start. A fixed dataset has few distinct windows (d = 3, span 5: at most 4^5·3 key
 windows; E5's 900,000 positions have about 1,100), so the copier runs on the distinct windows only. With last-token
-targets the kernel is computed once per distinct (query window, key window) pair, from per-head tables over the
-distinct contents of each head's band, and the classifier's softmax runs over each sequence's distinct key windows
-weighted by their counts. The gradient flows back through these gathers into the small tables. With all-position
+targets the kernel is computed once per distinct (query window, key class) pair (a key class: the key window read
+only at the heads' offsets, so without the key's own token where no band holds offset 0), from per-head tables over
+the distinct contents of each head's band, and the classifier's softmax runs over each sequence's distinct key
+windows weighted by their counts (on the CPU as one sparse matrix, ``GroupSum``). The gradient flows back through
+these gathers into the small tables. With all-position
 targets K is read from a dense (query window × key window) table; where that table would be too large, every
 position reads its own window's head outputs. ``toyformer.induction.model.reference_predict`` is the literal model
 that the fast path is tested against.
@@ -13,6 +15,7 @@ that the fast path is tested against.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,7 @@ class Groups:
     query_rep: list[torch.Tensor]  # per head: for each distinct content of its band, a row of ``queries`` with it
     key_rep: list[torch.Tensor]  # per head: the same in ``keys``
     head_pair: list[torch.Tensor]  # per head, (P,): each pair's entry in the head's (query rep × key rep) table
+    sum: GroupSum | None = None  # the groups' sum as a sparse matrix, where the plan was asked for one
 
 
 @dataclass
@@ -51,6 +55,34 @@ class Plan:
     visible: torch.Tensor | None  # (T, L) key i visible from target τ (i < τ); None when every key is
     table: bool
     groups: Groups | None
+
+
+class GroupSum:
+    """The classifier's sum over groups as one sparse matrix: per_token[slot] = Σ_g count_g · t[entry_g] for a
+    table t of pair values, C t with C[slot_g, entry_g] = count_g in CSR form, and Cᵀ for the gradient. On the CPU
+    this is one pass over the groups each way, where a gather, a product and a scatter take three (and as many
+    back); the matrices are built once per plan."""
+
+    def __init__(self, slot: torch.Tensor, entry: torch.Tensor, count: torch.Tensor, rows: int, cols: int):
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": it is tested here against the gather
+            warnings.simplefilter("ignore", UserWarning)
+            coo = torch.sparse_coo_tensor(torch.stack([slot, entry]), count, (rows, cols)).coalesce()
+            self.matrix = coo.to_sparse_csr()
+            self.transpose = coo.t().coalesce().to_sparse_csr()
+
+    def __call__(self, table: torch.Tensor) -> torch.Tensor:
+        return _GroupSum.apply(table, self)
+
+
+class _GroupSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, op: GroupSum) -> torch.Tensor:
+        ctx.op = op
+        return op.matrix @ table
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.op.transpose @ grad, None
 
 
 def scored_positions(length: int, targets: str) -> torch.Tensor:
@@ -83,9 +115,11 @@ def make_plan(
     targets: str = "last",
     fast: bool = True,
     dtype: torch.dtype = torch.float32,
+    sums: bool = False,
 ) -> Plan:
     """The plan of sequences ``tokens`` (B, L+1) (inputs x_1..x_L and the token(s) to predict) for a model whose
-    heads read the offsets ``band`` (H, span+1) and compute in ``dtype``."""
+    heads read the offsets ``band`` (H, span+1) and compute in ``dtype``; ``sums``: with the groups' sparse sum
+    (worth its construction for a plan read many times, on the CPU)."""
     span = band.shape[1] - 1
     length = tokens.shape[1] - 1
     inputs = tokens[:, :length]
@@ -107,6 +141,8 @@ def make_plan(
         visible = torch.arange(length, device=tokens.device)[None, :] < taus[:, None]
     last = table and targets == "last"
     groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype) if last else None
+    if groups is not None and sums:
+        groups.sum = GroupSum(groups.slot, groups.pair, groups.count, len(tokens) * d, int(groups.pair.max()) + 1)
     return Plan(
         keys=key_set,
         queries=query_set,

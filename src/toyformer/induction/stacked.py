@@ -12,7 +12,7 @@ from torch.func import functional_call, vmap
 
 from toyformer.config import ConfigError
 from toyformer.induction.losses import target_losses
-from toyformer.induction.plan import Plan, make_plan
+from toyformer.induction.plan import GroupSum, Plan, make_plan
 from toyformer.train.ensemble import Method
 
 
@@ -39,9 +39,11 @@ class InductionStep:
         self.pair_kernel = Method(self.template, "pair_kernel")
         self.fixed = None
         if all(data.full for data in self.datas):
-            self.fixed = self._plan(torch.cat([data.train.tokens for data in self.datas]))
+            tokens = torch.cat([data.train.tokens for data in self.datas])
+            self.fixed = self._plan(tokens, sums=tokens.device.type == "cpu")
 
-    def _plan(self, tokens: torch.Tensor) -> StackedPlan:
+    def _plan(self, tokens: torch.Tensor, sums: bool = False) -> StackedPlan:
+        """``sums``: with the groups' sparse sum (built once: the fixed plan, on the CPU)."""
         d, model = self.cfg.data, self.template
         plan = make_plan(tokens, model.band, d.d, d.targets, self.cfg.model.fast)
         if plan.groups is None:
@@ -66,7 +68,10 @@ class InductionStep:
         padded[run_member * width + rank] = runs % pairs  # member e's k-th pair (pair 0 in the padding)
         head_pair = [hp.index_select(0, padded).view(members, width) for hp in g.head_pair]
         slots = run_member * width + rank  # each run's entry in the (members, width) kernel
-        return StackedPlan(plan, head_pair, slots.repeat_interleave(lengths), slots, lengths)
+        entry = slots.repeat_interleave(lengths)
+        if sums:
+            plan.groups.sum = GroupSum(plan.groups.slot, entry, plan.groups.count, len(tokens) * d.d, members * width)
+        return StackedPlan(plan, head_pair, entry, slots, lengths)
 
     def batch(self, step: int) -> StackedPlan:
         if self.fixed is not None:
@@ -85,6 +90,7 @@ class InductionStep:
             stacked.a[:, None],
             len(plan.labels),
             lambda t: SortedGather.apply(t.reshape(-1), batch.entry, batch.slots, batch.lengths),
+            plan.groups.sum,
         )
         return target_losses(y, plan.labels, self.cfg.train.loss).view(len(self.datas), -1).mean(1)
 
