@@ -40,13 +40,13 @@ SETTINGS = {
             "train.stages.0.groups=['c','w','a','qk','ov','norm']",
         ],
     ),
-    # a standard transformer (relative positions, MLP, LayerNorm), fresh chains every step, loss at every position
+    # a standard transformer (relative positions, MLP, LayerNorm), mini-batches, loss at every position
     "standard": (
         "induction/standard-attn2",
         [
             "train.steps=8",
             "train.probes=4",
-            "data.val_sequences=60",
+            "data.sequences=120",
             "theory.kernels=100",
             "data.length=24",
             "model.positions=relative",

@@ -344,7 +344,7 @@ def sweep_speed(
 # ---------------------------------------------------------------------------------------------------------------
 # Standard transformers against the same model written the straightforward way
 
-STANDARD = ("induction/standard-attn2", ["data.split=fixed", "data.batch_size=null", "data.targets=last"])
+STANDARD = ("induction/standard-attn2", ["data.batch_size=10000", "data.targets=last"])  # full batch
 
 
 class EagerGPT(torch.nn.Module):

@@ -45,7 +45,6 @@ TASKS: dict[str, Task] = {
         optimizer="toyformer.standard.experiment:optimizer",
         stacked="toyformer.standard.stacked:StandardStep",
         stack_keys=("data.parents", "data.alpha", "model.init_std"),
-        cpu_stacks_cells=False,
     ),
     "analyze": Task(AnalysisConfig),  # `toyformer analyze`: measures a pretrained model, trains nothing
 }

@@ -9,12 +9,17 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from toyformer.standard.experiment import sequence_loss
+from toyformer.standard.model import StandardTransformer
 
 
 class StandardStep:
     def __init__(self, experiments: list):
-        self.template = experiments[0].model
-        self.targets = experiments[0].cfg.data.targets
+        first = experiments[0]
+        # the fused attention kernel has no vmap rule (vmap would loop over the members): the explicit softmax
+        # attention, the same numbers, batches over them; the template's own parameters are never read
+        cfg = first.cfg.model.model_copy(update={"fused": False})
+        self.template = StandardTransformer(cfg, first.model.d_vocab, first.model.n_ctx, torch.Generator())
+        self.targets = first.cfg.data.targets
         self.datas = [x.data for x in experiments]
         self.fixed = torch.stack([d.tokens(0) for d in self.datas]) if all(d.full for d in self.datas) else None
 
