@@ -120,21 +120,20 @@ class StandardExperiment:
         early = {o for o in copy[: heads * (cfg.model.layers - 1)] if o is not None}  # copiers before the last layer
         subset_names = [",".join(map(str, s)) for s in self.subsets]
         labels = _names(cfg.model.layers, heads)
+        last_layer = labels[heads * (cfg.model.layers - 1) :]
         y = torch.softmax(logits[:, -1].double(), dim=-1).cpu()
         record |= {
             "used_subset": ",".join(map(str, used)) or NO_SUBSET,
-            "used_head": labels[heads * (cfg.model.layers - 1) + head] if head >= 0 else NO_SUBSET,
+            "used_head": last_layer[head] if head >= 0 else NO_SUBSET,
             "used_score": float(scores.max()),
-            "predicted_score": float(scores[:, self.subsets.index(self.predicted)].max())
-            if self.predicted in self.subsets
-            else float("nan"),
+            "predicted_score": float(scores[:, self.subsets.index(self.predicted)].max()),  # S* is a candidate
             "copier_offsets": ",".join(map(str, sorted(early))) or NO_SUBSET,
             "copiers_cover_predicted": float(set(self.predicted) <= early),
             "copy_offset": {n: (o if o is not None else NO_SUBSET) for n, o in zip(labels, copy, strict=True)},
             "offset_profile": {n: row for n, row in zip(labels, torch.cat(profiles).tolist(), strict=True)},
             "induction_score": {
-                labels[heads * (cfg.model.layers - 1) + h]: dict(zip(subset_names, scores[h].tolist(), strict=True))
-                for h in range(heads)
+                name: dict(zip(subset_names, row, strict=True))
+                for name, row in zip(last_layer, scores.tolist(), strict=True)
             },
         } | distances(y, self.reference_y)
         return record
