@@ -69,8 +69,19 @@ class Strict(BaseModel):
         return values
 
 
-GRAD_CLIP = "clip the gradient's global norm to this (per member in an ensemble)"
-STOP_LOSS = "stop at the first probe step whose mean train loss is at or below this (per member in an ensemble)"
+class LoopConfig(Strict):
+    """What the shared loop reads of every family's train section (each family adds its own fields)."""
+
+    probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
+    checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
+    grad_clip: float | None = Field(
+        None, gt=0.0, description="clip the gradient's global norm to this (per member in an ensemble)"
+    )
+    stop_loss: float | None = Field(
+        None,
+        description="stop at the first probe step whose mean train loss is at or below this (per member in an "
+        "ensemble)",
+    )
 
 
 _TOKEN = re.compile(r"\s*([+-])?\s*([A-Za-z_][\w.]*|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from toyformer.config import GRAD_CLIP, STOP_LOSS, RunConfig, Strict, check_memory, no_effect
+from toyformer.config import LoopConfig, RunConfig, Strict, check_memory, no_effect
 
 MAX_STATES = 4096  # d^m windows of the theory's stationary chain (m: the largest offset it reads)
 
@@ -137,13 +137,9 @@ class Stage(Strict):
         return self
 
 
-class InductionTrainConfig(Strict):
+class InductionTrainConfig(LoopConfig):
     loss: Literal["nll", "code-ce"] = Field("nll", description="nll of y (paper) or CE on y as logits (code)")
     stages: list[Stage] = Field(default_factory=lambda: [Stage(groups=["c", "w", "a"], steps=50_000)], min_length=1)
-    probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
-    checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
-    grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
-    stop_loss: float | None = Field(None, description=STOP_LOSS)
 
     @property
     def steps(self) -> int:

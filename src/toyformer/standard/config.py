@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from toyformer.config import GRAD_CLIP, STOP_LOSS, RunConfig, Strict, check_memory, no_effect
+from toyformer.config import LoopConfig, RunConfig, Strict, check_memory, no_effect
 from toyformer.induction.config import MAX_STATES, ChainConfig, InductionTheoryConfig
 
 
@@ -47,17 +47,13 @@ class StandardModelConfig(Strict):
         return self.d_mlp or 4 * self.d_model
 
 
-class StandardTrainConfig(Strict):
+class StandardTrainConfig(LoopConfig):
     loss: Literal["nll"] = Field("nll", description="cross-entropy of the softmax of the logits")
     steps: int = Field(3000, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0, description="decoupled (AdamW) for adam, L2 for sgd")
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    probes: int = Field(40, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
-    checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
-    grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
-    stop_loss: float | None = Field(None, description=STOP_LOSS)
 
     @model_validator(mode="after")
     def _check(self) -> StandardTrainConfig:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from toyformer.config import GRAD_CLIP, STOP_LOSS, RunConfig, Strict, check_memory, no_effect
+from toyformer.config import LoopConfig, RunConfig, Strict, check_memory, no_effect
 from toyformer.text.config import CorpusConfig, TopicsConfig, VocabConfig
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class ModelConfig(Strict):
         return self
 
 
-class TrainConfig(Strict):
+class TrainConfig(LoopConfig):
     loss: Literal["ce", "squared"] = "ce"
     l2: float = Field(0.0, ge=0.0, description="λ of the penalty λ‖θ‖² on the trained parameters")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -198,10 +198,6 @@ class TrainConfig(Strict):
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     batch_size: int = Field(40, ge=1)
     steps: int = Field(5000, ge=1)
-    probes: int = Field(60, ge=2, description="number of log-spaced probe steps (plus 0 and the last)")
-    checkpoints: int = Field(8, ge=1, description="number of log-spaced checkpoints (plus the last)")
-    grad_clip: float | None = Field(None, gt=0.0, description=GRAD_CLIP)
-    stop_loss: float | None = Field(None, description=STOP_LOSS)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
