@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from test_ensemble import TOPIC_SMALL, _close
 from toyformer import tasks
+from toyformer.bench import spread, sweep_speed
 from toyformer.cli import app
 from toyformer.config import MEMORY_SHARE, machine_memory
 from toyformer.runs import Run
@@ -337,10 +339,25 @@ def test_bench_times_a_sweep_against_the_shell_loop_of_the_same_cells(tmp_path):
     assert found["local_vs_shell_loop"] == pytest.approx(found["shell_loop_s"] / found["local_s"])
     # each member of the loop matches the sweep's: a loop that ran the base α = 0.1 for both cells would not
     assert found["max_final_loss_difference"] < 1e-5
-    for flags in (["--quick"], ["--backends", "slurm"], ["--device", "cuda"], ["--keep", str(kept)]):
+    assert found["shell_loop_estimated"] is False and set(found["shell_loop_cell_s"]) == {"cell-000", "cell-001"}
+    assert found["shell_loop_s"] == pytest.approx(sum(found["shell_loop_cell_s"].values()))
+    bad_flags = (["--quick"], ["--backends", "slurm"], ["--device", "cuda"], ["--keep", str(kept)])
+    no_gpu = ["--set", "device=cuda"] if not torch.cuda.is_available() else ["--quick"]
+    for flags in (*bad_flags, ["--loop-cells", "0"], no_gpu):
         bad = CliRunner().invoke(app, ["bench", "--sweep", str(spec), *flags])
         assert bad.exit_code == 2 and "\n" not in bad.stderr.strip(), flags
-    assert CliRunner().invoke(app, ["bench", "--set", "data.d=4"]).exit_code == 2
+    for flags in (["--set", "data.d=4"], ["--loop-cells", "2"]):
+        assert CliRunner().invoke(app, ["bench", *flags]).exit_code == 2
+
+
+def test_a_sampled_shell_loop_times_cells_spread_over_the_grid_and_scales_their_time(tmp_path):
+    grid = list(range(28))
+    assert spread(grid, 7) == [0, 4, 9, 14, 18, 22, 27] and spread(grid, 1) == [0] and spread(grid, 40) == grid
+    spec = _sweep(tmp_path, "sampled", 5, '[axes]\n"data.alpha" = [0.1, 0.3, 1.0]\n')
+    found = sweep_speed(str(spec), [], ("local",), loop_cells=2)
+    assert found["shell_loop_estimated"] is True and set(found["shell_loop_cell_s"]) == {"cell-000", "cell-002"}
+    assert found["shell_loop_s"] == pytest.approx(1.5 * sum(found["shell_loop_cell_s"].values()))
+    assert found["max_final_loss_difference"] < 1e-5
 
 
 def test_every_cell_of_a_shipped_sweep_has_its_own_place_in_each_phase_diagram():

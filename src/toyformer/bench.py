@@ -290,17 +290,29 @@ def _timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
+def spread(grid: list, k: int) -> list:
+    """``k`` of the grid's cells spread evenly over it (its first and, for k > 1, its last among them)."""
+    if k >= len(grid):
+        return list(grid)
+    return [grid[round(i * (len(grid) - 1) / (k - 1))] for i in range(k)] if k > 1 else [grid[0]]
+
+
 def sweep_speed(
     name: str,
     overrides: list[str],
     backends: tuple[str, ...] = ("local", "ray"),
     progress: Callable[[str], None] = lambda msg: None,
     keep: Path | None = None,
+    loop_cells: int | None = None,
 ) -> dict:
     """Wall time of ``toyformer sweep NAME`` on each backend, against the same cells run one after another as
     separate ``toyformer run RECIPE --seeds …`` processes (each cell's seeds stacked, as a user's shell loop would
     run them), every one a child process on this machine, in this call; and how far their numbers agree. The
-    directories are left in ``keep`` (one per backend, and ``loop/``), else deleted."""
+    directories are left in ``keep`` (one per backend, and ``loop/``), else deleted.
+
+    With ``loop_cells`` the loop runs only that many cells, spread evenly over the grid, and its time for the whole
+    grid is estimated as their mean times the number of cells (``shell_loop_estimated``); each timed cell's seconds
+    are in ``shell_loop_cell_s`` either way."""
     from toyformer.sweep.spec import cells, literal, load_sweep
 
     spec = load_sweep(name, overrides)
@@ -318,18 +330,22 @@ def sweep_speed(
             dirs[backend] = Path(tmp) / backend
             cmd = [*cli, "sweep", name, "--backend", backend, "--out", str(dirs[backend])]
             out[f"{backend}_s"] = _timed(cmd + [a for o in overrides for a in ("--set", o)], env)
-        loop = 0.0
-        for k, cell in enumerate(grid):
-            progress(f"{spec.name}: shell loop, cell {k + 1} of {len(grid)}")
+        timed = grid if loop_cells is None else spread(grid, loop_cells)
+        per_cell = []
+        for k, cell in enumerate(timed):
+            progress(f"{spec.name}: shell loop, cell {k + 1} of {len(timed)} ({sum(per_cell):.0f} s so far)")
             sets = [*spec.set, *(f"{key}={literal(v)}" for key, v in cell.values.items())]
             cmd = [*cli, "run", spec.recipe, "--seeds", seeds, "--out", str(Path(tmp) / "loop" / cell.name)]
-            loop += _timed(cmd + [a for s in sets for a in ("--set", s)], env)
+            per_cell.append(_timed(cmd + [a for s in sets for a in ("--set", s)], env))
+        out["shell_loop_cell_s"] = {cell.name: s for cell, s in zip(timed, per_cell, strict=True)}
+        out["shell_loop_estimated"] = len(timed) < len(grid)
+        loop = sum(per_cell) * len(grid) / len(timed)
         out["shell_loop_s"] = loop
         for backend in backends:
             out[f"{backend}_vs_shell_loop"] = loop / out[f"{backend}_s"]
         # the same members, stacked across cells or within one: the numbers a sweep reports are the loop's
         worst = 0.0
-        for cell in grid:
+        for cell in timed:
             for seed in spec.seeds:
                 a = json.loads((dirs[backends[0]] / "cells" / cell.name / f"seed-{seed}" / "summary.json").read_text())
                 b = json.loads((Path(tmp) / "loop" / cell.name / f"seed-{seed}" / "summary.json").read_text())

@@ -782,6 +782,10 @@ def bench(
     keep: Annotated[
         Path | None, typer.Option(help="--sweep: leave the sweeps' and the loop's run directories here")
     ] = None,
+    loop_cells: Annotated[
+        int | None,
+        typer.Option(help="--sweep: run the shell loop on this many cells spread over the grid, and scale its time"),
+    ] = None,
 ) -> None:
     """Speed and memory: generators (tokens/s), S2 and E5 steps/s, seed-ensemble scaling, probe overhead, peak
     memory; on a GPU also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON. With --sweep, a
@@ -802,21 +806,25 @@ def bench(
                 raise ConfigError(f"--json {json_path}: the folder {json_path.parent} does not exist")
             if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
                 raise ConfigError(f"--keep {keep}: exists and is not an empty folder; name a new one")
+            if loop_cells is not None and loop_cells < 1:
+                raise ConfigError(f"--loop-cells must be >= 1, got {loop_cells}")
             from toyformer.sweep.spec import cells, load_sweep
 
-            cells(load_sweep(sweep, list(set_ or [])))  # every cell valid before anything runs
+            grid = cells(load_sweep(sweep, list(set_ or [])))  # every cell valid before anything runs
+            if grid[0].config.device == "cuda" and not torch_cuda_available():
+                raise ConfigError("device = cuda: no CUDA device is visible here; leave device at cpu")
         except ConfigError as e:
             fail(str(e))
         with console.status("benchmarking") as status:
             import torch
 
-            results = bench_mod.machine(torch.device("cpu")) | bench_mod.sweep_speed(
-                sweep, list(set_ or []), chosen, lambda msg: status.update(f"benchmarking: {msg}"), keep
+            results = bench_mod.machine(torch.device(grid[0].config.device)) | bench_mod.sweep_speed(
+                sweep, list(set_ or []), chosen, _bench_progress(status), keep, loop_cells
             )
         out_console.print(bench_mod.write(results, json_path), highlight=False, soft_wrap=True)
         return
-    if set_:
-        fail("--set applies to --sweep only")
+    if set_ or loop_cells is not None:
+        fail(("--set" if set_ else "--loop-cells") + " applies to --sweep only")
     try:
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r}: use cpu or cuda")
@@ -831,8 +839,23 @@ def bench(
 
         torch.set_num_threads(threads)
     with console.status("benchmarking") as status:
-        results = bench_mod.run(device, quick, lambda msg: status.update(f"benchmarking: {msg}"))
+        results = bench_mod.run(device, quick, _bench_progress(status))
     out_console.print(bench_mod.write(results, json_path), highlight=False, soft_wrap=True)
+
+
+def _bench_progress(status):
+    """The benchmark's progress: a status line on a terminal, else one timestamped line per message (a log)."""
+    import time
+
+    start = time.perf_counter()
+
+    def show(msg: str) -> None:
+        if console.is_terminal:
+            status.update(f"benchmarking: {msg}")
+        else:
+            console.print(f"[{time.perf_counter() - start:7.1f} s] {msg}", highlight=False, soft_wrap=True)
+
+    return show
 
 
 def torch_cuda_available() -> bool:
