@@ -24,9 +24,7 @@ from toyformer.train.seeds import GROUP, Group, member_config, resume_seeds, run
 
 SWEEP = "sweep.json"
 ERROR = "error.json"
-# members of a block unless the sweep sets stack_members: on a GPU an ensemble's step costs about one model's up to
-# a few hundred members (256 E5 members: 110× one model's throughput in 34 GB of an H100, benchmarks/RESULTS.md)
-STACK_MEMBERS = {"cpu": 64, "cuda": 256}
+STACK_MEMBERS = 64  # members of a block unless the sweep sets stack_members
 
 # (block, its number among the blocks left to train, how many are left) → the on_step of its ensemble, or None
 BlockProgress = Callable[["Block", int, int], Callable | None]
@@ -60,15 +58,12 @@ def blocks(spec: SweepConfig, grid: list[Cell]) -> list[Block]:
 
 
 def stack_limit(spec: SweepConfig, grid: list[Cell]) -> int:
-    """Members per block: ``stack_members``, else STACK_MEMBERS of the cells' device, except on the CPU for a family
-    whose step gains nothing from members beyond one cell's seeds (``Task.cpu_stacks_cells``,
-    benchmarks/RESULTS.md)."""
+    """Members per block: ``stack_members``, else STACK_MEMBERS, except on the CPU for a family whose step gains
+    nothing from members beyond one cell's seeds (``Task.cpu_stacks_cells``, benchmarks/RESULTS.md)."""
     if spec.stack_members is not None:
         return spec.stack_members
-    device = "cuda" if any(cell.config.device == "cuda" for cell in grid) else "cpu"
-    if device == "cpu" and not tasks.task_of(grid[0].config).cpu_stacks_cells:
-        return len(spec.seeds)
-    return STACK_MEMBERS[device]
+    cpu = all(cell.config.device == "cpu" for cell in grid)
+    return len(spec.seeds) if cpu and not tasks.task_of(grid[0].config).cpu_stacks_cells else STACK_MEMBERS
 
 
 def _shape(cell: Cell) -> str:

@@ -102,9 +102,8 @@ class SweepConfig(Strict):
     stack_members: int | None = Field(
         None,
         ge=1,
-        description="at most this many members (cells × seeds) in one stacked ensemble of cells; default 256 on "
-        "CUDA, 64 on the CPU, or one cell's seeds on the CPU for a family whose step gains nothing from more "
-        "(induction)",
+        description="at most this many members (cells × seeds) in one stacked ensemble of cells; default 64, "
+        "or one cell's seeds on the CPU for a family whose step gains nothing from more (induction)",
     )
     claims: list[GridClaim] = Field(default_factory=list)
     plots: list[Plot] = Field(default_factory=list)
