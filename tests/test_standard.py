@@ -65,6 +65,28 @@ def test_fused_explicit_and_last_position_paths_agree(kw):
     assert fused(tokens).shape == (6, 12, 3) and fused(tokens, last=True).shape == (6, 1, 3)
 
 
+@pytest.mark.parametrize(
+    "kw", [*SHAPES, dict(layers=1)], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
+)
+def test_the_first_layer_read_from_tables_equals_it_computed_at_every_position(kw):
+    """Unhooked, the first layer's input and Q, K, V are gathered from one row per (token, position); a hook on the
+    embedding turns that off, so the per-position computation runs: the two agree, values and gradients."""
+    tokens = _tokens()
+    model = _model(**kw)
+    computed = list(model.parameters())
+    for last in (False, True):
+        out = []
+        for hooked in (False, True):
+            with model.hooks([("hook_embed", lambda x, name: None)] if hooked else []):
+                assert (model._first_layer_tables(tokens) is None) == hooked
+                logits = model(tokens, last=last)[:, -1]
+                grads = torch.autograd.grad(F.cross_entropy(logits, tokens[:, 0]), computed)
+            out.append((logits, grads))
+        torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-10)
+        for g, want in zip(out[0][1], out[1][1], strict=True):
+            torch.testing.assert_close(g, want, rtol=0, atol=1e-10)
+
+
 def test_the_cache_holds_what_a_plain_forward_computes():
     model = _model(layers=2, heads=2, mlp=True, layernorm=True)
     tokens = _tokens()

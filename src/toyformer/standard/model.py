@@ -21,6 +21,8 @@ from torch import nn
 from toyformer.hooks import Hooked, HookPoint
 from toyformer.standard.config import StandardModelConfig
 
+Projections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # Q, K, V: (B, T, H, d_head) each
+
 
 def normal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> nn.Parameter:
     return nn.Parameter(torch.randn(shape, generator=gen) * std)
@@ -61,15 +63,26 @@ class Attention(nn.Module):
         for name in ("q", "k", "v", "attn_scores", "pattern", "z"):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
-        """(B, T, d_model) → (B, T, d_model), or (B, 1, d_model) for the last position alone."""
-        t = x.shape[1]
-        keys = torch.arange(t, device=x.device)
+    def project(self, x: torch.Tensor, which: slice = slice(0, 3)) -> torch.Tensor:
+        """(..., d_model) → (..., n, H, d_head): the Q, K, V projections (``which`` of them) as one matrix product."""
+        w = torch.stack([self.W_Q, self.W_K, self.W_V])[which]  # (n, H, d_model, d_head)
+        b = torch.stack([self.b_Q, self.b_K, self.b_V])[which]
+        out = x @ w.permute(2, 0, 1, 3).flatten(1) + b.flatten()  # (..., n·H·d_head)
+        return out.unflatten(-1, b.shape)
+
+    def forward(self, x: torch.Tensor | None, last: bool = False, qkv: Projections | None = None) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, d_model), or (B, 1, d_model) for the last position alone. ``qkv``: the
+        projections (B, T, H, d_head) each, when the caller has them already (a first layer read from tables)."""
+        if qkv is None:
+            q = self.project(x[:, -1:] if last else x, slice(0, 1))[:, :, 0]  # (B, Tq, H, d_head)
+            k, v = self.project(x, slice(1, 3)).unbind(2)
+        else:
+            q, k, v = qkv
+            q = q[:, -1:] if last else q
+        t = k.shape[1]
+        keys = torch.arange(t, device=k.device)
         queries = keys[-1:] if last else keys
-        xq = x[:, -1:] if last else x
-        q = self.hook_q(torch.einsum("btm,hmd->bthd", xq, self.W_Q) + self.b_Q)  # (B, Tq, H, d_head)
-        k = self.hook_k(torch.einsum("btm,hmd->bthd", x, self.W_K) + self.b_K)
-        v = self.hook_v(torch.einsum("btm,hmd->bthd", x, self.W_V) + self.b_V)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positions == "rotary":
             q, k = rotate(q, queries, self.cfg.rotary_base), rotate(k, keys, self.cfg.rotary_base)
         qh, kh, vh = (a.transpose(1, 2) for a in (q, k, v))  # (B, H, T, d_head)
@@ -78,7 +91,7 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(qh, kh, vh, is_causal=not last)  # (the last query sees every key)
         else:
             offset = queries[:, None] - keys[None, :]  # (Tq, T): i − j
-            bias = torch.zeros(offset.shape, dtype=x.dtype, device=x.device).masked_fill(offset < 0, float("-inf"))
+            bias = torch.zeros(offset.shape, dtype=k.dtype, device=k.device).masked_fill(offset < 0, float("-inf"))
             if self.cfg.positions == "relative":
                 bias = bias + self.W_rel[:, offset.clamp_min(0)]  # (H, Tq, T)
             if explicit:
@@ -87,7 +100,7 @@ class Attention(nn.Module):
             else:
                 z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)
         z = self.hook_z(z.transpose(1, 2))  # (B, Tq, H, d_head)
-        return torch.einsum("bthd,hdm->btm", z, self.W_O) + self.b_O
+        return z.flatten(2) @ self.W_O.flatten(0, 1) + self.b_O
 
 
 class MLP(nn.Module):
@@ -116,9 +129,9 @@ class Block(nn.Module):
             self.mlp = MLP(cfg, gen)
             self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
 
-    def forward(self, resid: torch.Tensor, last: bool = False) -> torch.Tensor:
+    def forward(self, resid: torch.Tensor, last: bool = False, qkv: Projections | None = None) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
-        attn = self.hook_attn_out(self.attn(self.ln1(resid), last))
+        attn = self.hook_attn_out(self.attn(self.ln1(resid) if qkv is None else None, last, qkv))
         resid = (resid[:, -1:] if last else resid) + attn
         if self.cfg.mlp:
             resid = self.hook_resid_mid(resid)
@@ -150,9 +163,35 @@ class StandardTransformer(Hooked):
         return self.W_E.T if self.cfg.tied else self.W_U
 
     def forward(self, tokens: torch.Tensor, last: bool = False) -> torch.Tensor:
-        resid = self.hook_embed(self.W_E[tokens])  # (B, T, d_model)
-        if self.cfg.positions == "absolute":
-            resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+        tables = self._first_layer_tables(tokens)
+        if tables is None:
+            resid = self.hook_embed(self.W_E[tokens])  # (B, T, d_model)
+            if self.cfg.positions == "absolute":
+                resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+            qkv = None
+        else:
+            resid, qkv = tables
         for i, block in enumerate(self.blocks):
-            resid = block(resid, last and i == len(self.blocks) - 1)
+            resid = block(resid, last and i == len(self.blocks) - 1, qkv if i == 0 else None)
         return self.ln_final(resid) @ self.unembed() + self.b_U
+
+    def _first_layer_tables(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Projections] | None:
+        """The first layer's input and its Q, K, V projections gathered from tables, or None when a hook reads or
+        changes them. The input at a position is a function of (token, position) (of the token alone without
+        absolute positions), and so are its LayerNorm and projections: one table row per pair, d_vocab·T rows, is
+        the same as computing them at each of the B·T positions, for a fraction of the work."""
+        block = self.blocks[0]
+        points = [self.hook_embed, block.hook_resid_pre, block.attn.hook_q, block.attn.hook_k, block.attn.hook_v]
+        points += [getattr(self, "hook_pos_embed", None), getattr(block.ln1, "hook_normalized", None)]
+        if any(p is not None and p.fns for p in points):
+            return None
+        if self.cfg.positions == "absolute":
+            t = tokens.shape[1]
+            inputs = (self.W_E[:, None] + self.W_pos[None, :t]).flatten(0, 1)  # (d_vocab·T, d_model): row c·T + i
+            rows = tokens * t + torch.arange(t, device=tokens.device)
+        else:
+            inputs, rows = self.W_E, tokens
+        # one gather per projection: their gradients then need no (B, T, 3, ...) buffer to be stacked into
+        tables = block.attn.project(block.ln1(inputs)).unbind(1)  # 3 × (rows, H, d_head)
+        qkv = tuple(F.embedding(rows, t.flatten(1)).unflatten(-1, t.shape[1:]) for t in tables)
+        return F.embedding(rows, inputs), qkv  # (B, T, d_model), 3 × (B, T, H, d_head)
