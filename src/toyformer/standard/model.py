@@ -193,5 +193,5 @@ class StandardTransformer(Hooked):
             inputs, rows = self.W_E, tokens
         # one gather per projection: their gradients then need no (B, T, 3, ...) buffer to be stacked into
         tables = block.attn.project(block.ln1(inputs)).unbind(1)  # 3 × (rows, H, d_head)
-        qkv = tuple(F.embedding(rows, t.flatten(1)).unflatten(-1, t.shape[1:]) for t in tables)
+        qkv = tuple(F.embedding(rows, table.flatten(1)).unflatten(-1, table.shape[1:]) for table in tables)
         return F.embedding(rows, inputs), qkv  # (B, T, d_model), 3 × (B, T, H, d_head)
