@@ -35,7 +35,7 @@ def _loop_gih(seq: list[int], subset: tuple[int, ...], d: int, a: float) -> list
 
 
 @pytest.mark.parametrize("subset", [(1,), (1, 2), (1, 3), (2, 3)])
-@pytest.mark.parametrize("a", [0.0, 0.7, 5.0, math.inf])
+@pytest.mark.parametrize("a", [-2.0, 0.0, 0.7, 5.0, 40.0, math.inf])
 def test_gih_closed_form_matches_counting(subset, a):
     chains = sample_batch(6, 3, (1, 2), 0.3, 25, generator(1, "gih"))
     inputs = chains.tokens[:, :-1]
@@ -43,6 +43,21 @@ def test_gih_closed_form_matches_counting(subset, a):
     for b in range(len(inputs)):
         want = _loop_gih(inputs[b].tolist(), subset, 3, a)
         assert got[b].tolist() == pytest.approx(want, abs=1e-12)
+
+
+def test_gih_at_huge_a_is_the_limit_and_stays_finite():
+    # e^a overflows float64 past a = 709: the shrinkage form must still give the a → ±inf limits, also for sequences
+    # whose query history never occurred (every weight then on the other class)
+    chains = sample_batch(200, 3, (1, 2), 0.3, 12, generator(4, "gih-huge"))
+    inputs = chains.tokens[:, :-1]
+    for subset in [(1,), (1, 2, 3)]:
+        far = gih_predict(inputs, subset, 3, 1000.0)
+        assert torch.isfinite(far).all()
+        assert torch.allclose(far, gih_predict(inputs, subset, 3, math.inf), atol=1e-12)
+        assert torch.allclose(far.sum(1), torch.ones(200, dtype=torch.float64))
+        below = gih_predict(inputs, subset, 3, -1000.0)  # all weight on the positions that do not match
+        counts = [_loop_gih(inputs[b].tolist(), subset, 3, -50.0) for b in range(200)]
+        assert torch.allclose(below, torch.tensor(counts, dtype=torch.float64), atol=1e-12)
 
 
 def test_bayes_predictive_counts_the_query_context_and_beats_gih_on_average():

@@ -90,10 +90,14 @@ def scored_positions(length: int, targets: str) -> torch.Tensor:
     return torch.tensor([length]) if targets == "last" else torch.arange(1, length + 1)
 
 
-def key_windows(tokens: torch.Tensor, span: int, d: int) -> torch.Tensor:
-    """(B, T, span+1): window[b, i, o] = tokens[b, i−o], or d where i−o < 0."""
+def key_windows(tokens: torch.Tensor, span: int, d: int, at: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, span+1): window[b, i, o] = tokens[b, a_i − o], or d where a_i − o < 0, for the positions ``at`` (a_i;
+    every position by default)."""
     padded = F.pad(tokens, (span, 0), value=d)
-    return padded.unfold(1, span + 1, 1).flip(-1)
+    if at is not None:
+        return padded[:, at[:, None] + span - torch.arange(span + 1, device=tokens.device)]
+    t = tokens.shape[1]  # one shifted slice per offset: a copy of contiguous rows, where flipping a strided view is not
+    return torch.stack([padded[:, span - o : span - o + t] for o in range(span + 1)], -1)
 
 
 def _distinct(windows: torch.Tensor, base: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +130,7 @@ def make_plan(
     taus = scored_positions(length, targets).to(tokens.device)
     keys = key_windows(inputs, span, d)  # (B, L, span+1)
     # The query at τ sees the placeholder at offset 0 and x_{τ−o} at offset o: the key window of τ−1, shifted.
-    before = key_windows(tokens, span, d)[:, taus - 1, :span]  # (B, T, span)
+    before = key_windows(tokens, span, d, taus - 1)[..., :span]  # (B, T, span)
     queries = torch.cat([torch.full_like(before[..., :1], d + 1), before], dim=-1)
     if fast:
         key_set, key_index = _distinct(keys, d + 2)

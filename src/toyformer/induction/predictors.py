@@ -4,6 +4,9 @@ Bayes posterior predictive, the true kernel row; their losses, and the GIH's bes
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from toyformer.induction.losses import LOSSES, prediction_loss
@@ -33,20 +36,43 @@ def history_matches(tokens: torch.Tensor, subset: tuple[int, ...], d: int) -> tu
     return match, torch.nn.functional.one_hot(tokens, d).double()
 
 
-def _gih(match: torch.Tensor, onehot: torch.Tensor, a: float) -> torch.Tensor:
-    if a == float("inf"):
-        weights = torch.where(match.any(1, keepdim=True), match.double(), torch.ones_like(match, dtype=torch.float64))
-        weights = weights / weights.sum(1, keepdim=True)
-    else:
-        weights = torch.softmax(a * match.double(), dim=1)
-    return torch.einsum("bl,bld->bd", weights, onehot)
+@dataclass(frozen=True)
+class GIHCounts:
+    """What the GIH at one subset S reads of sequences (B, L), whatever a is: N(z, ·) (B, d), the one-hot sum over the
+    positions whose history X_{l,S} matches the query's z = X_{L+1,S}; U(·), the sum over the others; and their
+    numbers n and L − n (B, 1). Computed once per subset, the GIH at any a costs O(B·d)."""
+
+    matched: torch.Tensor
+    unmatched: torch.Tensor
+    n_matched: torch.Tensor
+    n_unmatched: torch.Tensor
+
+    def predict(self, a: float) -> torch.Tensor:
+        """y = (e^a N(z, ·) + U(·)) / (e^a n + L − n): the softmax of a·1[match] over positions, written so that
+        neither e^a nor e^−a overflows (the shrinkage form, docs/induction-heads.md §5). a = inf gives N(z, ·) / n,
+        or the unigram where the history never occurred."""
+        n, rest = self.n_matched, self.n_unmatched
+        if a == float("inf"):
+            return torch.where(n > 0, self.matched / n.clamp(min=1), (self.matched + self.unmatched) / (n + rest))
+        s = math.exp(-abs(a))  # the weight of the lighter class; it may underflow to 0 only where that class is empty
+        if a >= 0:
+            return torch.where(n > 0, (self.matched + s * self.unmatched) / (n + s * rest), self.unmatched / rest)
+        return torch.where(rest > 0, (s * self.matched + self.unmatched) / (s * n + rest), self.matched / n)
+
+
+def gih_counts(tokens: torch.Tensor, subset: tuple[int, ...], d: int) -> GIHCounts:
+    """The counts the GIH at ``subset`` reads of the inputs ``tokens`` (B, L)."""
+    match, onehot = history_matches(tokens, subset, d)
+    matched = torch.einsum("bl,bld->bd", match.double(), onehot)
+    n = match.sum(1, keepdim=True).double()
+    return GIHCounts(matched, onehot.sum(1) - matched, n, tokens.shape[1] - n)
 
 
 def gih_predict(tokens: torch.Tensor, subset: tuple[int, ...], d: int, a: float) -> torch.Tensor:
     """The generalized induction head (docs/induction-heads.md §5): y = Σ_{l ≤ L} ω_l x_l with ω_l ∝ exp(a·1[X_{l,S} =
     X_{L+1,S}]); ``tokens`` holds x_1..x_L (the target is not read). a = inf gives the in-context conditional frequency
     after the history, with the unigram average as the fallback when the history never occurred."""
-    return _gih(*history_matches(tokens, subset, d), a)
+    return gih_counts(tokens, subset, d).predict(a)
 
 
 def bayes_predict(tokens: torch.Tensor, parents: tuple[int, ...], d: int, alpha: float) -> torch.Tensor:
@@ -113,11 +139,11 @@ def best_gih_a(tokens: torch.Tensor, subset: tuple[int, ...], d: int, loss: str 
     """The a in [0, 30] minimising the GIH's mean loss on ``tokens`` (B, L+1): a grid of step 0.5, refined to 0.01
     around its best point; returns (a, loss). Under nll there is a finite best a at finite L (docs/induction-heads.md
     §5); under code-ce the loss keeps falling, so the answer is the grid's end."""
-    match, onehot = history_matches(tokens[:, :-1], subset, d)
-    target = tokens[:, -1]
+    counts = gih_counts(tokens[:, :-1], subset, d)
+    target = tokens[:, -1:]
 
     def best(grid: torch.Tensor) -> tuple[float, float]:
-        values = [losses(_gih(match, onehot, float(a)), target)[loss] for a in grid]
+        values = [float(prediction_loss(counts.predict(float(a))[:, None], target, loss)) for a in grid]
         k = min(range(len(values)), key=values.__getitem__)
         return float(grid[k]), values[k]
 

@@ -17,7 +17,7 @@ from toyformer.induction.chains import Chains
 from toyformer.induction.config import InductionConfig
 from toyformer.induction.model import GIHTransformer
 from toyformer.induction.plan import Plan
-from toyformer.induction.predictors import best_gih_a, gih_predict, losses, reference_predictions
+from toyformer.induction.predictors import GIHCounts, best_gih_a, gih_counts, losses, reference_predictions
 
 TIE = 1e-3  # the largest p_S must exceed the runner-up by this share of itself to count as selected
 NO_SUBSET = "none"
@@ -60,7 +60,7 @@ def selected(attention: torch.Tensor, model: GIHTransformer) -> tuple[dict[str, 
     copied by the heads of the largest-p_S subset (none when it leads by no more than TIE)."""
     offsets = attention.argmax(1).tolist()
     copy_offset = {str(h + 1): o for h, o in enumerate(offsets)}
-    share = model.subset_share()
+    share = model.subset_share().cpu()
     top = torch.topk(share, min(2, len(share))).values
     if len(top) > 1 and top[0] - top[1] <= TIE * top[0]:
         return copy_offset, ()
@@ -78,6 +78,12 @@ class InductionProbe:
         self.val, self.plan, self.cfg, self.references, self.predicted = val, plan, cfg, references, predicted
         self.inputs, self.target = val.tokens[:, :-1].cpu(), val.tokens[:, -1].cpu()
         self.weights = window_weights(plan, cfg.data.d)
+        self._counts: dict[tuple[int, ...], GIHCounts] = {}  # per selected subset: it changes a few times in a run
+
+    def counts(self, subset: tuple[int, ...]) -> GIHCounts:
+        if subset not in self._counts:
+            self._counts[subset] = gih_counts(self.inputs, subset, self.cfg.data.d)
+        return self._counts[subset]
 
     def predicted_share(self, share: torch.Tensor, offsets: list[int], model: GIHTransformer) -> float:
         hits = [sorted({offsets[h] for h in s}) == sorted(self.predicted) for s in model.subsets]
@@ -89,17 +95,17 @@ class InductionProbe:
         if self.cfg.data.targets == "all":
             record["loss_val_last"] = loss(y[:, -1:], self.plan.labels[:, -1:])
         record["gap_share"] = gap_share(record.get("loss_val_last", record["loss_val"]), self.references)
-        share = model.subset_share()
-        attention = copy_attention(model, self.plan, self.weights)
+        # the model's small tensors read back once each: on a GPU every element read would be a sync of its own
+        share, c, w, band = (t.cpu() for t in (model.subset_share(), model.c, model.w, model.band))
+        attention = copy_attention(model, self.plan, self.weights).cpu()
         copy_offset, subset = selected(attention, model)
         a = float(model.a)
-        gih = gih_predict(self.inputs, subset, model.d, a)
-        band = model.band
+        gih = self.counts(subset).predict(a)
         record |= {
             "a": a,
             "a_over_theory": a / self.references["gih_theory_a"] if self.references["gih_theory_a"] else float("nan"),
             "subset_share": {n: float(p) for n, p in zip(model.names, share, strict=True)},
-            "c": {n: float(c) for n, c in zip(model.names, model.c, strict=True)},
+            "c": {n: float(v) for n, v in zip(model.names, c, strict=True)},
             "selected_subset": ",".join(map(str, subset)) or NO_SUBSET,
             "selected_size": len(subset),
             "selected_share": float(share.max()),
@@ -108,7 +114,7 @@ class InductionProbe:
             "copy_offset": copy_offset,
             "rpe": [
                 [float(w) if inside else None for w, inside in zip(row, b, strict=True)]
-                for row, b in zip(model.w.tolist(), band.tolist(), strict=True)
+                for row, b in zip(w.tolist(), band.tolist(), strict=True)
             ],
             "copy_attention": attention.tolist(),
             "loss_ref_gih": losses(gih, self.target)[self.cfg.train.loss],
