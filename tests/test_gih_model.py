@@ -65,6 +65,36 @@ def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast, sum
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+LARGE = [
+    dict(variant="simplified", heads=4, degree=3),  # code layout: span 7
+    dict(variant="simplified", layout="paper", window=6, heads=4),
+    dict(variant="full", heads=4, degree=2),
+    dict(variant="simplified", heads=6, degree=2),  # span 11
+]
+
+
+@pytest.mark.parametrize("kw", LARGE, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@pytest.mark.parametrize("targets", ["last", "all"])
+@pytest.mark.parametrize("limit", [None, 1], ids=["table", "no-table"])
+def test_every_path_matches_literal_model_at_larger_d_and_heads(kw, targets, limit, monkeypatch):
+    """d = 5 with four or six heads, where the data's windows rarely repeat. With ``limit`` 1 the dense (query ×
+    key) table is out of reach, as at large d on real data sizes: last-token targets must still take the grouped
+    path (it never builds that table), all-position targets the per-position one."""
+    if limit is not None:
+        monkeypatch.setattr("toyformer.induction.plan.TABLE_LIMIT", limit)
+    chains = sample_batch(10, 5, (1, 3), 0.3, 16, generator(5, "model-test-large"))
+    model = _model(d=5, **kw)
+    plan = make_plan(chains.tokens, model.band, 5, targets, True, torch.float64, sums=targets == "last")
+    assert (plan.groups is not None) == (targets == "last") and plan.table == (limit is None)
+    got = model(plan)
+    want = reference_predict(model, chains.tokens, targets)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    g_fast = torch.autograd.grad(prediction_loss(got, plan.labels, "nll"), list(model.parameters()))
+    g_ref = torch.autograd.grad(prediction_loss(want, plan.labels, "nll"), list(model.parameters()))
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_subsets_are_bounded_by_degree_and_named_by_bits():
     assert [bits(s, 3) for s in subsets(3, 2)] == ["100", "010", "001", "110", "101", "011"]
     assert len(subsets(10, 2)) == 10 + 45  # never 2^H

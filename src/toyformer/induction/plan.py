@@ -143,7 +143,7 @@ def make_plan(
     visible = None
     if targets == "all":
         visible = torch.arange(length, device=tokens.device)[None, :] < taus[:, None]
-    last = table and targets == "last"
+    last = fast and targets == "last"  # the groups read per-head tables, never the dense (query × key) one
     groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype) if last else None
     if groups is not None and sums:
         groups.sum = GroupSum(groups.slot, groups.pair, groups.count, len(tokens) * d, int(groups.pair.max()) + 1)
