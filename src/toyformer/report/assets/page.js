@@ -4,6 +4,7 @@
 "use strict";
 
 const SVGNS = "http://www.w3.org/2000/svg";
+const REFS = ["#6b6b6b", "#9c7a16", "#7b4fbf", "#2a7f4f", "#111111", "#b5651d"];
 const PALETTE = ["#2f5fa7", "#d1495b", "#2a9d5c", "#e08e0b", "#7b4fbf", "#00838f", "#8c564b", "#c2185b", "#546e7a"];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ function bandPath(xs, lows, highs) {
 function curvePanel(state, panel) {
   const W = 400;
   const H = 210;
-  const m = { l: 48, r: 10, t: 8, b: 28 };
+  const m = { l: 56, r: 10, t: 8, b: 28 };
   const w = W - m.l - m.r;
   const h = H - m.t - m.b;
   const steps = state.steps;
@@ -214,7 +215,7 @@ function curvePanel(state, panel) {
       plot.append(svg("line", { class: "mark", x1: x(mk.step), x2: x(mk.step), y1: 0, y2: h }, svg("title", {}, `${mk.label}: step ${mk.step}`)));
     }
     panel.refs.forEach((r, k) => {
-      const color = "#777";
+      const color = REFS[k % REFS.length];
       plot.append(svg("line", { x1: 0, x2: w, y1: y(r.value), y2: y(r.value), stroke: color, "stroke-dasharray": k % 2 ? "2 3" : "6 3", "stroke-width": 1 }));
       legend.append(el("span", {}, el("span", { class: "sw ref", style: `border-color:${color}` }), `${r.label} ${fmt(r.value)}`));
     });
@@ -687,7 +688,7 @@ function phasePlot(data, plot) {
   const section = el("div", { class: "card phase" }, el("h3", { text: plot.title }));
   const share = plot.share;
   for (const panel of plot.panels) {
-    const cw = 74;
+    const cw = 100;
     const ch = 40;
     const m = { l: 150, t: 24, b: 40 };
     const W = m.l + panel.xs.length * cw + 10;
