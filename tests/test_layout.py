@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CORE = {"config", "claims", "runs", "random", "task", "train", "hooks", "report"}
+CORE = {"config", "claims", "runs", "random", "task", "train", "hooks", "report", "trackers"}
 FAMILIES = {"topic", "induction", "text", "standard"}
 TOP = {"cli", "bench", "sweep", "toyformer"}  # above the registry: they reach the families through it
 MAY_IMPORT = {"topic": {"text"}, "standard": {"induction"}}  # family → the other families it builds on

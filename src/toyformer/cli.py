@@ -190,11 +190,17 @@ def run(
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
     out: Annotated[Path | None, typer.Option(help="the run directory (default: runs/NAME-sSEED-TIME)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run directory")] = None,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(help="also write the run to a tracker: tensorboard or wandb (offline unless WANDB_MODE says)"),
+    ] = None,
 ) -> None:
     """Train a recipe; prints the run directory as the last line."""
+    from toyformer import trackers
     from toyformer.runs import Run, default_dir
 
     try:
+        loggers = trackers.check(list(log or []))  # a missing extra is refused before anything trains
         if resume is not None:
             if recipe or set_ or seed is not None or seeds:
                 raise ConfigError("--resume takes only the run directory: the config is read from it")
@@ -218,6 +224,9 @@ def run(
                 raise typer.Exit(130) from None
         summary = Run(path).summary()
         _print_checks(summary, f"{summary['name']}: claims")
+        for folder in trackers.export(path, loggers):
+            console.print(f"{folder.name}: {folder}", highlight=False, soft_wrap=True)
+        console.print(f"report: {path / 'report.html'}", highlight=False, soft_wrap=True)
     except ConfigError as e:
         fail(str(e))
     out_console.print(str(path), highlight=False, soft_wrap=True)
