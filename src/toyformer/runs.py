@@ -250,7 +250,7 @@ class Run:
     def matrices(self) -> dict[int, dict[str, np.ndarray]]:
         """Probe step → name → the matrix stored at that step (only what has been written)."""
         out: dict[int, dict[str, np.ndarray]] = {}
-        for key, value in self._stored().items():
+        for key, value in sorted(self._stored().items()):  # safetensors orders a file by dtype, not by name
             step, name = key.split("/", 1)
             out.setdefault(int(step), {})[name] = value
         return dict(sorted(out.items()))

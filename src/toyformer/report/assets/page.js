@@ -773,6 +773,14 @@ function sweepPage(data, app) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+// a request the page's Content-Security-Policy refused: counted where a test (or a reader) can see it
+let violations = 0;
+document.addEventListener("securitypolicyviolation", (event) => {
+  violations += 1;
+  document.body.dataset.violations = String(violations);
+  console.error(`blocked by the page's security policy: ${event.blockedURI}`);
+});
+
 async function main() {
   const app = document.getElementById("app");
   const data = await unpack(document.getElementById("data").textContent.trim());
