@@ -440,6 +440,8 @@ def _report_run(path: Path, figures: bool = True) -> list[Path]:
     run.matrices()  # a damaged matrix file is refused before anything is written
     cfg = tasks.run_config(run)
     task = tasks.task_of(cfg)
+    if not task.trains:
+        raise ConfigError(f"{path}: task {cfg.task!r} trains nothing; report rebuilds what a training run wrote")
     written = []
     if figures:
         state = run.load_checkpoint()
