@@ -36,8 +36,8 @@ from toyformer.runs import Run, atomic_write
 
 PAGE = "report.html"
 ASSETS = Path(__file__).parent / "assets"
-# a group page carries its members' matrices up to this many bytes (before compression); the other members' pages
-# are a click away
+# a group page carries its members' matrices up to this many bytes (before compression), and the first member's
+# whatever their size; the other members' pages are a click away
 GROUP_MATRIX_BYTES = 3_000_000
 AUTO_PANEL = 6  # series per panel made for metrics no family panel names
 
@@ -124,16 +124,18 @@ def _metric_values(records: list[dict], spec: dict) -> dict[str, list]:
     return {name: [r.get(name) for r in records] for name in sorted(wanted) if any(name in r for r in records)}
 
 
-def _matrices(run: Run, steps: list[int]) -> tuple[dict[str, Any], int]:
+def _matrices(run: Run, steps: list[int], limit: float = math.inf) -> tuple[dict[str, Any] | None, int]:
     """name → {"static": array} (the same at every step: labels) or {"steps": [array or None per probe step]}, and
-    the bytes they take."""
+    the bytes they take; None instead of the arrays when they take more than ``limit``."""
     stored = run.matrices()
+    size = sum(a.nbytes for arrays in stored.values() for a in arrays.values())
+    if size > limit:
+        return None, size
     names = list(dict.fromkeys(n for arrays in stored.values() for n in arrays))
-    out, size = {}, 0
+    out = {}
     for name in names:
         per_step = [stored.get(s, {}).get(name) for s in steps]
         present = [a for a in per_step if a is not None]
-        size += sum(a.nbytes for a in present)
         first = present[0]
         if len(present) == len(per_step) and all(a.shape == first.shape and np.array_equal(a, first) for a in present):
             out[name] = {"static": encode(first)}
@@ -255,9 +257,9 @@ def group_payload(out: Path, summary: dict, runs: list[Run], views: Callable[[di
             for s, v in zip(own_steps, values, strict=True):
                 row[where[s]] = v
             aligned[name] = row
-        matrices, size = _matrices(run, steps)
-        keep = size <= budget
-        budget -= size if keep else 0
+        # the first member's matrices whatever their size (the page shows one mechanism), then while they fit
+        matrices, size = _matrices(run, steps, budget if members else math.inf)
+        budget -= size if matrices is not None else 0
         member_summary = run.summary() if run.complete else {}
         members.append(
             {
@@ -265,7 +267,7 @@ def group_payload(out: Path, summary: dict, runs: list[Run], views: Callable[[di
                 "href": f"{run.path.name}/{PAGE}",
                 "scalars": aligned,
                 "metrics": _metric_values([_at(records, s) for s in steps], spec),
-                "matrices": matrices if keep else None,
+                "matrices": matrices,
                 "claims": claim_rows(member_summary),
                 "notes": _notes(member_summary),
             }
