@@ -4,9 +4,10 @@ bit-identical to the uninterrupted run: every metrics record and the final check
 Each kill is classified by what the run directory held right after it: ``before the directory`` was made (the
 command is then given again), ``during`` a checkpoint write (a temporary ``.step-*`` file was left), ``before`` the
 first checkpoint after step 0, or ``between`` checkpoints. Deaths inside a write are also forced: the process exits
-half-way through its n-th checkpoint write or metrics append. The slow test does both to a solo topic run, a solo
-induction run, a staged induction run and a stacked topic group (about 40 kills in all); the default suite kills one
-short run twice and forces one death inside each kind of write.
+half-way through its n-th checkpoint write, metrics append or matrix file write; the report's matrices must end
+byte-identical too. The slow test does both to a solo topic run, a solo induction run, a staged induction run and a
+stacked topic group (about 45 kills in all); the default suite kills one short run twice and forces one death inside
+each kind of write.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from toyformer.runs import MATRICES
 
 TOPIC = ["data.train_docs=200", "data.dev_docs=40", "theory.samples=200", "probes.docs=8", "masking.static=false"]
 STAGES = ["train.stages.0.steps=300", "train.stages.1.steps=300", "train.stages.2.steps=300"]
@@ -55,7 +58,7 @@ import toyformer.runs as runs
 kind, n, count = sys.argv[1], int(sys.argv[2]), [0]
 write, append = runs.atomic_write, runs.Run.append_metrics
 def atomic_write(path, data):
-    if path.suffix == ".pt":
+    if path.suffix == (".safetensors" if kind == "matrices" else ".pt"):
         count[0] += 1
         if count[0] == n:
             fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -70,7 +73,7 @@ def append_metrics(self, record):
             f.write(line[: len(line) // 2])
         os._exit(9)
     return append(self, record)
-if kind == "checkpoint":
+if kind in ("checkpoint", "matrices"):
     runs.atomic_write = atomic_write
 else:
     runs.Run.append_metrics = append_metrics
@@ -97,6 +100,8 @@ def _assert_identical(cut: Path, whole: Path) -> None:
     assert _records(cut) == _records(whole), "a resumed run logged other numbers than the uninterrupted one"
     for a, b in zip(_final(cut), _final(whole), strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for a, b in zip(_members(cut), _members(whole), strict=True):  # the report's matrices, every probe step
+        assert (a / MATRICES).read_bytes() == (b / MATRICES).read_bytes()
 
 
 def _members(path: Path) -> list[Path]:
@@ -116,7 +121,7 @@ def _final(path: Path) -> list[dict]:
 
 
 def _where(path: Path) -> str:
-    if any(path.rglob(".step-*")) or any(path.glob(".ensemble.pt.*")):
+    if any(path.rglob(".step-*")) or any(path.glob(".ensemble.pt.*")) or any(path.rglob(f".{MATRICES}.*")):
         return "during"
     steps = [int(p.stem.split("-")[1]) for p in path.rglob("step-*.pt")]
     return "before" if max(steps, default=0) == 0 else "between"
@@ -170,7 +175,7 @@ def test_killed_twice_and_resumed_is_identical(short):
     assert landed, "the run ended before any kill"
 
 
-@pytest.mark.parametrize("kind, n", [("checkpoint", 3), ("metrics", 5)])
+@pytest.mark.parametrize("kind, n", [("checkpoint", 3), ("metrics", 5), ("matrices", 2)])
 def test_dying_in_the_middle_of_a_write_then_resuming_is_identical(short, kind, n):
     die_during_write_and_resume(SHORT, short[0], kind, n)
 
@@ -182,7 +187,7 @@ def test_kill_stress(tmp_path, name):
     landed = []
     for trial in range(3):
         landed += kill_and_resume(SETTINGS[name], tmp_path / f"trial-{trial}", kills=3, rng=rng)
-    for kind, n in (("checkpoint", 2), ("checkpoint", 5), ("metrics", 3), ("metrics", 9)):
+    for kind, n in (("checkpoint", 2), ("checkpoint", 5), ("metrics", 3), ("metrics", 9), ("matrices", 2)):
         die_during_write_and_resume(SETTINGS[name], tmp_path / "trial-0", kind, n)
         landed.append(f"during the {kind} write")
     print(name, "kills:", len(landed), {w: landed.count(w) for w in set(landed)})

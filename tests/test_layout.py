@@ -21,20 +21,20 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CORE = {"config", "claims", "runs", "random", "task", "train", "hooks"}
+CORE = {"config", "claims", "runs", "random", "task", "train", "hooks", "report", "trackers"}
 FAMILIES = {"topic", "induction", "text", "standard"}
 TOP = {"cli", "bench", "sweep", "toyformer"}  # above the registry: they reach the families through it
 MAY_IMPORT = {"topic": {"text"}, "standard": {"induction"}}  # family → the other families it builds on
 # each family's modules, lowest layer first: a module imports only modules before it
 LAYERS = {
-    "topic": ["config", "batch", "lda", "masking", "stream", "model", "losses", "theory", "stages", "probes", "report"]
-    + ["experiment", "stacked"],
-    "induction": ["config", "chains", "theory", "losses", "predictors", "plan", "model", "probes", "report"]
+    "topic": ["config", "batch", "lda", "masking", "stream", "model", "losses", "theory", "stages", "probes", "views"]
+    + ["report", "experiment", "stacked"],
+    "induction": ["config", "chains", "theory", "losses", "predictors", "plan", "model", "probes", "views", "report"]
     + ["experiment", "stacked"],
     "text": ["config", "pairs", "corpus", "topics", "probes", "report", "analysis"],
-    "standard": ["config", "model", "lens", "roles", "report", "experiment", "stacked"],
+    "standard": ["config", "model", "lens", "roles", "views", "report", "experiment", "stacked"],
 }
-NOT_THEORY = {"model", "plan", "probes", "experiment", "stacked", "report", "stream", "stages"}
+NOT_THEORY = {"model", "plan", "probes", "experiment", "stacked", "report", "stream", "stages", "views"}
 THEORY = {"theory", "predictors"}
 
 

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and resumed ends with exactly the numbers of an uninterrupted run (CPU)."""
+"""A run killed with SIGKILL and resumed ends with exactly the numbers of an uninterrupted run (CPU), and the same
+report: its matrices and its page."""
 
 import json
 import signal
@@ -7,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner
 
 from toyformer.cli import app
+from toyformer.report.page import PAGE, page_data
 from toyformer.runs import Run
 
 # Regime D exercises Adam's state and trained attention; fresh masks per step exercise the (seed, step) stream.
@@ -62,6 +65,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert _metrics(cut) == _metrics(whole)
     assert Run(cut).summary()["final"] == Run(whole).summary()["final"]
     assert Run(cut).meta()["status"] == "complete"
+    # the report's data too: the matrices of every probe step, bit for bit, and so the same page
+    matrices, expected = Run(cut).matrices(), Run(whole).matrices()
+    assert list(matrices) == list(expected) == [r["step"] for r in _metrics(whole)]
+    for step, arrays in expected.items():
+        assert list(matrices[step]) == list(arrays)
+        for name, array in arrays.items():
+            assert matrices[step][name].dtype == array.dtype
+            np.testing.assert_array_equal(matrices[step][name], array)
+    assert page_data(cut / PAGE) == page_data(whole / PAGE)
+    assert (cut / PAGE).read_bytes() == (whole / PAGE).read_bytes()
 
     again = CliRunner().invoke(app, ["run", "--resume", str(cut)])
     assert again.exit_code == 2 and "complete" in again.stderr

@@ -190,11 +190,17 @@ def run(
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
     out: Annotated[Path | None, typer.Option(help="the run directory (default: runs/NAME-sSEED-TIME)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue an interrupted run directory")] = None,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(help="also write the run to a tracker: tensorboard or wandb (offline unless WANDB_MODE says)"),
+    ] = None,
 ) -> None:
     """Train a recipe; prints the run directory as the last line."""
+    from toyformer import trackers
     from toyformer.runs import Run, default_dir
 
     try:
+        loggers = trackers.check(list(log or []))  # a missing extra is refused before anything trains
         if resume is not None:
             if recipe or set_ or seed is not None or seeds:
                 raise ConfigError("--resume takes only the run directory: the config is read from it")
@@ -218,6 +224,9 @@ def run(
                 raise typer.Exit(130) from None
         summary = Run(path).summary()
         _print_checks(summary, f"{summary['name']}: claims")
+        for folder in trackers.export(path, loggers):
+            console.print(f"{folder.name}: {folder}", highlight=False, soft_wrap=True)
+        console.print(f"report: {path / 'report.html'}", highlight=False, soft_wrap=True)
     except ConfigError as e:
         fail(str(e))
     out_console.print(str(path), highlight=False, soft_wrap=True)
@@ -397,31 +406,79 @@ def _as_flags(message: str) -> str:
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory, or a sweep directory")]) -> None:
-    """Rebuild a finished run's figures from its checkpoint and metrics, or a sweep's results and phase diagrams."""
-    from toyformer.runs import Run
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory, a seed group or a sweep directory")],
+) -> None:
+    """Rebuild the figures and report.html of a finished run (from its checkpoint, metrics and matrices), of a seed
+    group (the group's and every member's) or of a sweep (its results, phase diagrams and page, and every cell's).
+    Prints the pages written; report.html opens in a browser with no network."""
     from toyformer.sweep.local import SWEEP
+    from toyformer.train.seeds import GROUP
 
-    if (run_dir / SWEEP).is_file():
-        try:
-            path = _sweep_results(run_dir)
-        except ConfigError as e:
-            fail(str(e))
-        for name in sorted((path / "figures").glob("phase-*.png")):
-            out_console.print(str(name), highlight=False, soft_wrap=True)
-        return
     try:
-        run = Run.open(run_dir)
-        state = run.load_checkpoint()
-        if state is None:
-            raise ConfigError(f"{run_dir}: no checkpoint to rebuild the figures from")
-        cfg = tasks.run_config(run)
-        experiment = tasks.task_of(cfg).build(cfg)
-        experiment.model.load_state_dict(state["model"])
+        if (run_dir / SWEEP).is_file():
+            pages = _report_sweep(run_dir)
+        elif (run_dir / GROUP).is_file():
+            pages = _report_group(run_dir)
+        else:
+            pages = _report_run(run_dir)
     except ConfigError as e:
         fail(str(e))
-    for name in experiment.write_figures(run):
-        out_console.print(str(run.path / "figures" / name), highlight=False, soft_wrap=True)
+    for page in pages:
+        out_console.print(str(page), highlight=False, soft_wrap=True)
+
+
+def _report_run(path: Path, figures: bool = True) -> list[Path]:
+    """A run's figures (when asked) and page; everything is read and checked before anything is written."""
+    from toyformer.report.page import write_run_page
+    from toyformer.runs import Run
+
+    run = Run.open(path)
+    if not run.complete:
+        raise ConfigError(f"{path}: the run is not complete (no summary.json); finish it with --resume first")
+    summary = run.summary()
+    run.matrices()  # a damaged matrix file is refused before anything is written
+    cfg = tasks.run_config(run)
+    task = tasks.task_of(cfg)
+    if not task.trains:
+        raise ConfigError(f"{path}: task {cfg.task!r} trains nothing; report rebuilds what a training run wrote")
+    written = []
+    if figures:
+        state = run.load_checkpoint()
+        if state is None:
+            raise ConfigError(f"{path}: no checkpoint to rebuild the figures from")
+        experiment = task.build(cfg)
+        experiment.model.load_state_dict(state["model"])
+        written += [run.path / "figures" / name for name in experiment.write_figures(run)]
+    return [*written, write_run_page(run, task.page_views(cfg), summary)]
+
+
+def _report_group(path: Path) -> list[Path]:
+    from toyformer.report.page import write_group_page
+    from toyformer.runs import Run
+    from toyformer.train.figures import write_group_figures
+    from toyformer.train.seeds import Group
+
+    group = Group.read(path)
+    if not (path / "summary.json").is_file():
+        raise ConfigError(f"{path}: the group is not complete (no summary.json); finish it with --resume first")
+    cfg = tasks.validate(group.config)
+    task = tasks.task_of(cfg)
+    runs = [Run.open(path / f"seed-{seed}") for seed in group.seeds]
+    summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    # members' pages only: their figures cost a model each (`toyformer report GROUP/seed-N` draws them)
+    pages = [p for run in runs for p in _report_run(run.path, figures=False)]
+    figures = write_group_figures(path, cfg, runs, task.group_panels)
+    return [*pages, *map(Path, figures), write_group_page(path, summary, runs, task.page_views(cfg))]
+
+
+def _report_sweep(path: Path) -> list[Path]:
+    from toyformer.sweep.local import cell_dir, reopen, status
+
+    spec, grid = reopen(path)
+    pages = [p for cell in grid if status(path, cell) == "done" for p in _report_group(cell_dir(path, cell))]
+    _sweep_results(path)
+    return [*pages, *sorted((path / "figures").glob("phase-*.png")), path / "report.html"]
 
 
 @app.command("eval")
@@ -720,12 +777,13 @@ def _cells_progress(progress: Progress):
 
 def _sweep_results(path: Path) -> Path:
     """results.csv, summary.json and the phase diagrams of a sweep directory as it stands; the grid's claims."""
-    from toyformer.sweep import figures, results
+    from toyformer.sweep import figures, page, results
     from toyformer.sweep.local import reopen
 
     spec, grid = reopen(path)
     summary = results.write(path, spec, grid)
     figures.write_figures(path, spec, summary)
+    page.write_page(path, spec, summary)
     table = Table(title=f"{spec.name}: {summary['done']} of {len(grid)} cells done", title_justify="left")
     for col in ("grid claim", "held", "cells held", "not claimed (ties)"):
         table.add_column(col, overflow="fold")
@@ -747,7 +805,7 @@ def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = P
     training, and joint training checked against the GIH), claims checked, figures written."""
     from toyformer.runs import Run
 
-    ok = True
+    ok, pages = True, []
     for name in DEMO:
         try:
             cfg = tasks.load(name)
@@ -761,6 +819,11 @@ def demo(out: Annotated[Path, typer.Option(help="where the demo's runs go")] = P
         summary = Run(path).summary()
         ok &= _print_checks(summary, f"{name}: {cfg.description}")
         console.print(f"figures: {path / 'figures'}", highlight=False, soft_wrap=True)
+        pages.append(path / "report.html")
+        console.print(f"report: {pages[-1]}", highlight=False, soft_wrap=True)
+    console.print("report pages (open in a browser; no network needed):", highlight=False)
+    for page in pages:
+        out_console.print(str(page), highlight=False, soft_wrap=True)
     if not ok:
         console.print("[bold red]some claims did not hold[/]")
         raise typer.Exit(1)

@@ -1,6 +1,12 @@
-"""The run directory (design: contracts): config.toml, meta.json, metrics.jsonl, summary.json, checkpoints/,
-figures/. Every file but the append-only metrics log is written atomically (temporary file, fsync, rename), so a
-crash or SIGKILL never leaves a corrupt checkpoint or summary; a run is complete exactly when summary.json exists.
+"""The run directory (design: contracts): config.toml, meta.json, metrics.jsonl, matrices.safetensors,
+summary.json, report.html, checkpoints/, figures/. Every file but the append-only metrics log is written atomically
+(temporary file, fsync, rename), so a crash or SIGKILL never leaves a corrupt checkpoint or summary; a run is
+complete exactly when summary.json exists.
+
+matrices.safetensors holds the matrices a family shows on its report page (W^V, attention patterns, ...) at every
+probe step, each under the key ``STEP/NAME`` (the step zero-padded to eight digits). They are kept in memory from
+one checkpoint to the next and written, the whole file at once, just before each checkpoint and at the end: a
+checkpoint at step s never exists without the matrices of every probe step before s, which is what resume needs.
 """
 
 from __future__ import annotations
@@ -19,9 +25,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import safetensors.numpy
 import torch
 
 from toyformer.config import ConfigError, RunConfig
+
+MATRICES = "matrices.safetensors"
+# float16 keeps 11 bits: an entry's error is at most 2^-11 of itself plus 2^-25, under 0.05% of the largest entry
+# when that is at least 2^-10; smaller or larger arrays (a tiny init, huge logits) stay float32
+HALF_RANGE = (2.0**-10, 65504.0)
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -61,6 +74,21 @@ def atomic_save(path: Path, obj: Any) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def compact(value: Any) -> np.ndarray:
+    """An array as stored in matrices.safetensors: float16 where that loses nothing visible (see HALF_RANGE),
+    float32 otherwise; integers as int32, booleans as they are."""
+    x = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    if x.dtype == np.bool_:
+        return np.ascontiguousarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return np.ascontiguousarray(x, dtype=np.int32)
+    x = x.astype(np.float32)
+    finite = np.abs(x[np.isfinite(x)])
+    top = float(finite.max()) if finite.size else 0.0
+    small, large = HALF_RANGE
+    return np.ascontiguousarray(x.astype(np.float16) if small <= top <= large else x)
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -94,6 +122,7 @@ def default_dir(cfg: RunConfig, tag: str, root: Path = Path("runs")) -> Path:
 class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._pending: dict[str, np.ndarray] = {}  # matrices of probe steps since the last write
 
     # -- creation and loading ----------------------------------------------------------------------------------
     @classmethod
@@ -154,6 +183,7 @@ class Run:
         self.write_meta(self.meta() | fields)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        self.flush_matrices()
         atomic_write(self.path / "summary.json", json.dumps(summary, indent=2))
         self.update_meta(status="complete", finished=_now())
 
@@ -184,8 +214,50 @@ class Run:
         keep = [r for r in self.metrics() if r["step"] < before_step]
         atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 
+    def truncate_probes(self, before_step: int) -> None:
+        """Keep only what the probes of steps before ``before_step`` wrote: metrics and matrices."""
+        self.truncate_metrics(before_step)
+        self._pending.clear()
+        stored = self._stored()
+        keep = {k: v for k, v in stored.items() if int(k.split("/", 1)[0]) < before_step}
+        if len(keep) < len(stored):
+            self._write_matrices(keep)
+
+    # -- matrices ----------------------------------------------------------------------------------------------
+    def add_matrices(self, step: int, arrays: dict[str, Any]) -> None:
+        """The matrices of a probe step, written with the next checkpoint (or at the end)."""
+        for name, value in arrays.items():
+            self._pending[f"{step:08d}/{name}"] = compact(value)
+
+    def flush_matrices(self) -> None:
+        if self._pending:
+            self._write_matrices(self._stored() | self._pending)
+            self._pending.clear()
+
+    def _stored(self) -> dict[str, np.ndarray]:
+        path = self.path / MATRICES
+        if not path.is_file():
+            return {}
+        try:
+            return safetensors.numpy.load(path.read_bytes())
+        except Exception as e:  # a foreign or damaged file: safetensors raises its own error types
+            raise ConfigError(f"{path}: unreadable ({str(e)[:120]}); the run directory is damaged") from None
+
+    def _write_matrices(self, tensors: dict[str, np.ndarray]) -> None:
+        ordered = dict(sorted(tensors.items()))
+        atomic_write(self.path / MATRICES, safetensors.numpy.save(ordered, metadata={"format": "toyformer-matrices"}))
+
+    def matrices(self) -> dict[int, dict[str, np.ndarray]]:
+        """Probe step → name → the matrix stored at that step (only what has been written)."""
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for key, value in sorted(self._stored().items()):  # safetensors orders a file by dtype, not by name
+            step, name = key.split("/", 1)
+            out.setdefault(int(step), {})[name] = value
+        return dict(sorted(out.items()))
+
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        self.flush_matrices()  # first: a checkpoint never exists without the matrices of the steps before it
         atomic_save(self.path / "checkpoints" / f"step-{step:08d}.pt", state)
 
     def checkpoints(self) -> list[Path]:

@@ -8,6 +8,8 @@ A family that trains provides, in its own modules:
   built, so that every error comes before a run directory exists;
 - ``optimizer``: ``optimizer(cfg, module)`` → the optimizer of a solo run, applied to any module with the model's
   parameters (a stacked ensemble passes its stacked module);
+- ``views``: ``views(cfg, summary, records)`` → what its report page shows (``toyformer.report.page``): curve
+  panels, marks and the matrix views under the step slider; a pure function, so a group's page builds no experiment;
 - ``stacked``: a class built from the members' experiments with ``batch(step)`` and ``losses(stacked, batch)`` →
   (members,) losses, each reaching only its own member's slice of the stacked parameters
   (``toyformer.train.ensemble``).
@@ -19,6 +21,7 @@ does not import torch and every model.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ class Task:
     experiment: str | None = None  # None: the task trains nothing (the analysis of a pretrained model)
     optimizer: str | None = None
     stacked: str | None = None
+    views: str | None = None  # None: the report page shows the curves alone
     group_panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra (title, metrics) panels of group figures
     # config keys in which members of one stacked ensemble may differ, besides the seed: they change a member's data
     # or initial values, never the model's shapes, the optimizer or the shared step (sweeps stack such cells)
@@ -50,6 +54,13 @@ class Task:
         """(module) → the optimizer a solo run of ``cfg`` uses, on that module's parameters."""
         make = _resolve(self.optimizer)
         return lambda module: make(cfg, module)
+
+    def page_views(self, cfg: RunConfig) -> Callable[[dict, list[dict]], dict]:
+        """(summary, records) → the family's view spec for runs of ``cfg``."""
+        if self.views is None:
+            return lambda summary, records: {}
+        views = _resolve(self.views)
+        return lambda summary, records: views(cfg, summary, records)
 
     def stacked_step(self, experiments: list) -> Any:
         return _resolve(self.stacked)(experiments)

@@ -19,6 +19,7 @@ TASKS: dict[str, Task] = {
         TopicConfig,
         experiment="toyformer.topic.experiment:TopicExperiment",
         optimizer="toyformer.topic.experiment:optimizer",
+        views="toyformer.topic.views:page",
         stacked="toyformer.topic.stacked:TopicStep",
         group_panels=(("distance from initialisation", DISTANCE_CURVES),),
         stack_keys=(
@@ -35,6 +36,7 @@ TASKS: dict[str, Task] = {
         InductionConfig,
         experiment="toyformer.induction.experiment:InductionExperiment",
         optimizer="toyformer.induction.experiment:optimizer",
+        views="toyformer.induction.views:page",
         stacked="toyformer.induction.stacked:InductionStep",
         stack_keys=("data.parents", "data.alpha", "model.c_init", "model.a_init", "model.w_plus", "model.w_minus"),
         cpu_stacks_cells=False,
@@ -43,6 +45,7 @@ TASKS: dict[str, Task] = {
         StandardConfig,
         experiment="toyformer.standard.experiment:StandardExperiment",
         optimizer="toyformer.standard.experiment:optimizer",
+        views="toyformer.standard.views:page",
         stacked="toyformer.standard.stacked:StandardStep",
         stack_keys=("data.parents", "data.alpha", "model.init_std"),
     ),

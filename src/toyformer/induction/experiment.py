@@ -14,11 +14,14 @@ from toyformer.induction.config import InductionConfig, Stage
 from toyformer.induction.losses import prediction_loss
 from toyformer.induction.model import GIHTransformer
 from toyformer.induction.plan import Plan, make_plan
-from toyformer.induction.probes import InductionProbe, reference_table
+from toyformer.induction.probes import InductionProbe, reference_table, snapshot
 from toyformer.induction.theory import predicted_offsets, prediction
+from toyformer.induction.views import page
 from toyformer.random import generator
 from toyformer.runs import Run
 from toyformer.train.loop import log_schedule, resolve_device
+
+SHOWN_CHAINS = 3  # validation chains whose copy weights the report page shows
 
 
 class StagedOptimizer:
@@ -146,6 +149,13 @@ class InductionExperiment:
         with torch.no_grad():
             record |= self.probe_fn(self.model, self.prediction_loss)
         return record
+
+    def matrices(self) -> dict:
+        with torch.no_grad():
+            return snapshot(self.model, self.data.val.tokens[:SHOWN_CHAINS])
+
+    def views(self, summary: dict, records: list[dict]) -> dict:
+        return page(self.cfg, summary, records)
 
     def prediction_loss(self, y: torch.Tensor, labels: torch.Tensor) -> float:
         return float(prediction_loss(y, labels, self.cfg.train.loss))

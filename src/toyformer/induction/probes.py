@@ -128,3 +128,16 @@ class InductionProbe:
         _, subset = selected(copy_attention(model, self.plan, self.weights), model)
         best_a, best_loss = best_gih_a(self.val.tokens.cpu(), subset, model.d, "nll")
         return self.references | {"gih_best_a_nll": best_a, "loss_gih_best_a_nll": best_loss}
+
+
+def snapshot(model: GIHTransformer, chains: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a run's report page shows of the model at a probe step, on a few validation chains (B, L+1): the
+    classifier's weights softmax_i(a·K(i, L+1)) over the positions i (the copy weights: the prediction of x_{L+1} is
+    the tokens they sum), read through the literal model's hooks, the chains' inputs to name the positions, and for
+    the full variant each head's content QK circuit."""
+    name = "blocks.1.attn.hook_pattern"
+    _, cache = model.run_with_cache(chains, names=[name])
+    out = {"chains": chains[:, :-1], "copy_weights": cache[name][:, 0, 0]}  # (B, L)
+    if model.full:
+        out["qk"] = torch.einsum("hde,hfe->hdf", model.W_Q, model.W_K)  # (H, d, d)
+    return out

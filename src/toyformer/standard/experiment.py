@@ -27,7 +27,11 @@ from toyformer.standard.roles import (
     phase_steps,
     used_subset,
 )
+from toyformer.standard.views import page
 from toyformer.train.loop import log_schedule, resolve_device
+
+SHOWN_CHAINS = 2  # validation chains whose attention the report page shows
+SHOWN_POSITIONS = 32  # the last positions of a chain whose full attention pattern it shows
 
 
 def optimizer(cfg: StandardConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
@@ -100,6 +104,27 @@ class StandardExperiment:
     def probe(self, step: int, loss_train: float) -> dict:
         with torch.no_grad():
             return {"step": step, "loss_train": loss_train} | self.roles(self.model)
+
+    def matrices(self) -> dict:
+        """Every head's attention on a validation chain, among its last ``SHOWN_POSITIONS`` positions (copiers show
+        as diagonals), and the attention of the last query (the one that predicts x_{L+1}) over every key of
+        ``SHOWN_CHAINS`` chains, with the chains' tokens to name the keys."""
+        layers = self.cfg.model.layers
+        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(layers)]
+        tokens = self.data.val.tokens[:SHOWN_CHAINS, :-1]
+        with torch.no_grad():
+            _, cache = self.model.run_with_cache(tokens, names=names)
+        pattern = torch.cat([cache[n] for n in names], dim=1)  # (B, layers·H, L, L), heads layer-major
+        n = min(SHOWN_POSITIONS, tokens.shape[1])
+        return {
+            "attention": pattern[0, :, -n:, -n:],
+            "positions": torch.arange(tokens.shape[1] - n, tokens.shape[1]) + 1,
+            "last_query": pattern[:, :, -1].transpose(0, 1),  # (layers·H, B, L)
+            "chains": tokens,
+        }
+
+    def views(self, summary: dict, records: list[dict]) -> dict:
+        return page(self.cfg, summary, records)
 
     def roles(self, model: StandardTransformer) -> dict:
         """Losses, predictive distances and every head's role on the validation chains."""

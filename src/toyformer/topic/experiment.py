@@ -15,10 +15,11 @@ from toyformer.topic.config import NUM_SPECIALS, TopicConfig, num_ids
 from toyformer.topic.lda import id_topics, topic_block_matrix
 from toyformer.topic.losses import l2_penalty, model_loss
 from toyformer.topic.model import TopicTransformer
-from toyformer.topic.probes import AttentionClasses, CircuitStructure, DevLoss, Norms, OptimumDistance
+from toyformer.topic.probes import AttentionClasses, CircuitStructure, DevLoss, Norms, OptimumDistance, Snapshot
 from toyformer.topic.stages import CONTRAST_REACHES, STAGE_GROUPS, contrast_reaches, onsets
 from toyformer.topic.stream import TextStream, TopicStream
 from toyformer.topic.theory import predictions, word_pair_classes
+from toyformer.topic.views import page
 from toyformer.train.loop import log_schedule, resolve_device
 
 
@@ -95,6 +96,7 @@ class TopicExperiment:
         ]
         if self.source.optimum is not None:
             self.probes.append(OptimumDistance(self.source.optimum, classes))
+        self.snapshot = Snapshot(self.attention, self.id_topics, cfg.model.embedding == "trained")
 
     def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
         return model_loss(model, batch, self.cfg.train.loss) + l2_penalty(self.trained, self.cfg.train.l2)
@@ -104,6 +106,12 @@ class TopicExperiment:
         for p in self.probes:
             record |= p.measure(self.model)
         return record
+
+    def matrices(self) -> dict:
+        return self.snapshot.measure(self.model)
+
+    def views(self, summary: dict, records: list[dict]) -> dict:
+        return page(self.cfg, summary, records)
 
     def batch(self, step: int):
         return self.stream.batch(step)

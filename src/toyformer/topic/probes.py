@@ -14,7 +14,7 @@ import torch
 
 from toyformer.text.pairs import pair_classes
 from toyformer.topic.batch import Batch
-from toyformer.topic.config import PAD
+from toyformer.topic.config import NUM_SPECIALS, PAD
 from toyformer.topic.lda import Documents
 from toyformer.topic.losses import model_loss
 from toyformer.topic.model import TopicTransformer, param_group
@@ -192,3 +192,69 @@ class OptimumDistance:
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         learned = centred_words(ov_circuit(model).cpu(), self.classes)
         return {"dist_optimum": float((learned - self.target).norm() / self.target.norm())}
+
+
+def words_by_topic(id_topics: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids of words with a topic, grouped by their first topic (then by id), and those topics; at most ``limit``
+    of them, evenly spaced over that order so that every topic keeps its share of the picture."""
+    has = id_topics.any(1)
+    has[:NUM_SPECIALS] = False
+    first = id_topics.float().argmax(1)
+    ids = torch.nonzero(has).flatten()
+    ids = ids[torch.argsort(first[ids] * len(id_topics) + ids)]
+    if len(ids) > limit:
+        ids = ids[torch.linspace(0, len(ids) - 1, limit).round().long()]
+    return ids, first[ids]
+
+
+class Snapshot:
+    """The matrices a topic run's report page shows at each probe step, over at most ``words`` words in topic order:
+    the OV circuit (W^V), the QK circuit double-centred (softmax ignores per-query constants, and per-key saliences
+    would swamp the picture), the embedding Gram EEᵀ when the embedding is trained, and the layer-0 attention
+    (mean over heads, ×n/100) among the first ``tokens`` tokens of ``docs`` dev documents, sorted by topic."""
+
+    def __init__(self, probe_docs: AttentionClasses, id_topics: torch.Tensor, trained_embedding: bool, **limits: int):
+        words, docs, tokens = limits.get("words", 100), limits.get("docs", 3), limits.get("tokens", 40)
+        device = probe_docs.ids.device
+        self.words, self.word_topic = (t.to(device) for t in words_by_topic(id_topics.cpu(), words))
+        self.trained_embedding = trained_embedding
+        ids = probe_docs.ids[:docs]
+        self.key_bias = probe_docs.key_bias[:docs]
+        z = id_topics.to(device)
+        topic = torch.where(z.any(1), z.float().argmax(1), -1)
+        # the first `tokens` real words of each document (START is position 0), grouped by topic
+        positions = []
+        for doc in ids:  # a few documents, once
+            where = torch.nonzero((doc != PAD) & (topic[doc] >= 0)).flatten()[:tokens]
+            positions.append(where[torch.argsort(topic[doc[where]] * len(z) + doc[where], stable=True)])
+        width = max(len(p) for p in positions)
+        self.positions = torch.stack([torch.cat([p, p.new_full((width - len(p),), -1)]) for p in positions])
+        self.ids = ids
+        self.tokens = torch.where(self.positions >= 0, ids.gather(1, self.positions.clamp_min(0)), -1)
+        self.token_topic = torch.where(self.tokens >= 0, topic[self.tokens.clamp_min(0)], -1)
+
+    @torch.no_grad()
+    def measure(self, model: TopicTransformer) -> dict[str, torch.Tensor]:
+        w = self.words
+        out = {"words": w, "word_topic": self.word_topic, "ov": ov_circuit(model)[w][:, w]}
+        qk = qk_circuit(model)
+        if qk is not None:
+            qk = qk[w][:, w]
+            out["qk"] = qk - qk.mean(0, keepdim=True) - qk.mean(1, keepdim=True) + qk.mean()
+        if self.trained_embedding:
+            table = model.embedding_table()[w]
+            out["emb_gram"] = table @ table.T
+        _, patterns = model(self.ids, self.key_bias)
+        n = (self.ids != PAD).sum(1).float()
+        pattern = patterns[0].mean(1).expand(-1, self.ids.shape[1], -1) * (n / 100)[:, None, None]  # (B, L, L)
+        rows = self.positions.clamp_min(0)
+        picked = pattern.gather(1, rows[:, :, None].expand(-1, -1, pattern.shape[2])).gather(
+            2, rows[:, None, :].expand(-1, rows.shape[1], -1)
+        )
+        valid = (self.positions >= 0)[:, :, None] & (self.positions >= 0)[:, None, :]
+        out |= {
+            "attention": picked.masked_fill(~valid, float("nan")),
+            "attention_tokens": self.tokens,
+            "attention_topic": self.token_topic,
+        }
+        return out

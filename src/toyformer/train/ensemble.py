@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from toyformer.claims import all_checks
+from toyformer.report.page import write_run_page
 from toyformer.runs import Run, atomic_save, safe_load
 from toyformer.task import Task
 
@@ -125,7 +126,7 @@ class Ensemble:
         self.ended, self.stopped = state["ended"], state["stopped"]
         torch.set_rng_state(state["torch_rng"])
         for m in self.members:
-            m.run.truncate_metrics(state["step"])
+            m.run.truncate_probes(state["step"])
         return state["step"]
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class Ensemble:
             self._load(e, m.experiment.model, grad=True)
             record = m.experiment.probe(step, mean[e])
             m.run.append_metrics(record)
+            m.run.add_matrices(step, m.experiment.matrices())
             records.append(record)
             if self.ended[e] is None and stop is not None and mean[e] <= stop:
                 self.ended[e], self.stopped[e] = step, True
@@ -209,7 +211,7 @@ class Ensemble:
 
     # -- the end ---------------------------------------------------------------------------------------------------
     def finish(self, figures: bool = False) -> list[dict]:
-        """Every member's summary (and figures when asked), written to its run directory."""
+        """Every member's summary and report page (and figures when asked), written to its run directory."""
         summaries = []
         diverged = self.diverged_at.tolist()
         for e, m in enumerate(self.members):
@@ -223,6 +225,7 @@ class Ensemble:
                 summary["stopped_at_step"] = self.ended[e]
             if figures:
                 m.experiment.write_figures(m.run)
+            write_run_page(m.run, m.experiment.views, summary)
             m.run.write_summary(summary)
             summaries.append(summary)
         return summaries

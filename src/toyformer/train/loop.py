@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from toyformer.config import ConfigError
+from toyformer.report.page import write_run_page
 from toyformer.runs import Run
 
 
@@ -39,6 +40,7 @@ class Loop:
     batch: Callable[[int], object]
     loss: Callable[[torch.nn.Module, object], torch.Tensor]
     probe: Callable[[int, float], dict]  # (step, mean train loss since the last probe) → metrics record
+    matrices: Callable[[], dict]  # the matrices the report page shows, read at probe steps only
     steps: int
     probe_steps: list[int]
     checkpoint_steps: list[int]
@@ -62,7 +64,7 @@ class Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.running = list(state["running"])
-        self.run.truncate_metrics(state["step"])
+        self.run.truncate_probes(state["step"])
         return state["step"]
 
     def __call__(self, start: int = 0) -> int | None:
@@ -86,6 +88,7 @@ class Loop:
                 self.model.eval()
                 record = self.probe(step, mean_loss)
                 self.run.append_metrics(record)
+                self.run.add_matrices(step, self.matrices())
                 loss_sum.zero_()
                 self.running[1] = 0
                 if self.stop_loss is not None and mean_loss <= self.stop_loss:
@@ -112,6 +115,8 @@ class Experiment(Protocol):
     def batch(self, step: int) -> object: ...
     def loss(self, model: torch.nn.Module, batch: object) -> torch.Tensor: ...
     def probe(self, step: int, loss_train: float) -> dict: ...
+    def matrices(self) -> dict: ...  # name → array of the model as it is now, for the report page (a few, small)
+    def views(self, summary: dict, records: list[dict]) -> dict: ...  # what the report page shows (report.page)
     def schedule(self) -> tuple[int, list[int], list[int]]: ...  # steps, probe steps, checkpoint steps
     def summary(self, run: Run) -> dict: ...
     def write_figures(self, run: Run) -> list[str]: ...
@@ -124,7 +129,8 @@ def train(
     resume: Run | None = None,
     figures: bool = True,
 ) -> Run:
-    """Train an experiment into a new run directory (or continue ``resume``), then write its summary and figures."""
+    """Train an experiment into a new run directory (or continue ``resume``), then write its figures, its report
+    page and its summary."""
     run = resume or Run.create(experiment.cfg, out)
     steps, probe_steps, checkpoint_steps = experiment.schedule()
     loop = Loop(
@@ -133,6 +139,7 @@ def train(
         batch=experiment.batch,
         loss=experiment.loss,
         probe=experiment.probe,
+        matrices=experiment.matrices,
         steps=steps,
         probe_steps=probe_steps,
         checkpoint_steps=checkpoint_steps,
@@ -145,7 +152,7 @@ def train(
     if resume is not None:
         state = run.load_checkpoint()
         if state is None:  # killed before its step-0 checkpoint: nothing was trained, so start over in place
-            run.truncate_metrics(0)
+            run.truncate_probes(0)
         else:
             start = loop.restore(state)
     stopped = loop(start)
@@ -154,5 +161,6 @@ def train(
         summary["stopped_at_step"] = stopped
     if figures:
         experiment.write_figures(run)
+    write_run_page(run, experiment.views, summary)  # before summary.json: a complete run has its page
     run.write_summary(summary)
     return run

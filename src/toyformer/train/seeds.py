@@ -22,6 +22,7 @@ from typing import Any
 
 from toyformer.claims import by_kind
 from toyformer.config import ConfigError, RunConfig, check_members, validate_as
+from toyformer.report.page import write_group_page
 from toyformer.runs import Run, atomic_write, default_dir
 from toyformer.task import Task
 from toyformer.train.ensemble import STATE, Ensemble, Member
@@ -169,7 +170,7 @@ def resume_seeds(
     else:  # killed before the group's first state: nothing was trained, so start over in place
         start = 0
         for m in members:
-            m.run.truncate_metrics(0)
+            m.run.truncate_probes(0)
     ensemble.train(start, on_step)
     return _finish_stacked(out, cfg, task, ensemble, figures=True)
 
@@ -194,8 +195,11 @@ def _finish_sequential(out: Path, cfg: RunConfig, task: Task, seeds: list[int], 
 
 
 def write_group(out: Path, cfg: RunConfig, task: Task, runs: list[Run], summaries: list[dict], figures: bool) -> Path:
-    """The group's figures (when asked) and its summary.json, written last: it marks the group complete."""
+    """The group's figures (when asked), its report page and its summary.json, written last: it marks the group
+    complete."""
     if figures:
         write_group_figures(out, cfg, runs, task.group_panels)
-    atomic_write(out / "summary.json", json.dumps(aggregate(cfg, summaries), indent=2))
+    summary = aggregate(cfg, summaries)
+    write_group_page(out, summary, runs, task.page_views(cfg))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return out
