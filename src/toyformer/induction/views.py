@@ -6,7 +6,7 @@ boundaries marked (docs/induction-heads.md §6). A pure function of the config, 
 from __future__ import annotations
 
 from toyformer.induction.config import InductionConfig
-from toyformer.report.page import final_value
+from toyformer.report.page import final_value, reference_lines
 
 REFERENCES = {  # reference losses that read no trained model
     "uniform": "uniform",
@@ -18,11 +18,7 @@ REFERENCES = {  # reference losses that read no trained model
 
 
 def page(cfg: InductionConfig, summary: dict, records: list[dict]) -> dict:
-    refs = []
-    for name, label in REFERENCES.items():
-        value = final_value(summary, f"loss_ref_{name}")
-        if value is not None:
-            refs.append({"label": label, "value": value})
+    refs = reference_lines(summary, REFERENCES)
     a_star = final_value(summary, "gih_theory_a")
     ends, total = [], 0
     for stage in cfg.train.stages:

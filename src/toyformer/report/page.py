@@ -44,6 +44,12 @@ AUTO_PANEL = 6  # series per panel made for metrics no family panel names
 Views = Callable[[dict, list[dict]], dict]  # (summary, records) → a family's view spec
 
 
+def reference_lines(summary: dict, labels: dict[str, str]) -> list[dict]:
+    """A line per reference loss ``loss_ref_<name>`` the summary holds, labelled from ``labels`` (name → label)."""
+    values = {name: final_value(summary, f"loss_ref_{name}") for name in labels}
+    return [{"label": labels[n], "value": v} for n, v in values.items() if v is not None]
+
+
 def final_value(summary: dict, key: str) -> float | None:
     """A final metric of a run's summary, or the members' mean in a group's; None when missing or not a number."""
     value = summary.get("final", {}).get(key)

@@ -5,7 +5,7 @@ parent subset (docs/standard-transformers.md). A pure function of the config, th
 
 from __future__ import annotations
 
-from toyformer.report.page import final_value
+from toyformer.report.page import reference_lines
 from toyformer.standard.config import StandardConfig
 
 LEVELS = {
@@ -17,11 +17,7 @@ LEVELS = {
 
 
 def page(cfg: StandardConfig, summary: dict, records: list[dict]) -> dict:
-    refs = []
-    for name, label in LEVELS.items():
-        value = final_value(summary, f"loss_ref_{name}")
-        if value is not None:
-            refs.append({"label": label, "value": value})
+    refs = reference_lines(summary, LEVELS)
     phases = summary.get("final", {}).get("phase_steps")
     marks = []
     if isinstance(phases, dict):  # a run's (a group reports no phase steps of its own)
