@@ -5,7 +5,7 @@
   per head), L2 normalisation, the selector kernel at every position, the classifier softmax
   (``toyformer.induction.model.reference_predict``).
 - eager: a vectorised eager step without the sharing: the copier on every position's window (unfold), inner
-  products and the kernel per position (``make_plan(..., fast=False)``).
+  products and the kernel per position (``make_plan(..., path="positions")``).
 - toyformer: the induction/e5 recipe through the library (distinct windows, the pair table, grouped keys).
 
 Data generation (10,000 chains) and the plan are inside the timed region of toyformer's number. Writes JSON with
@@ -56,7 +56,7 @@ def eager_steps_per_s(steps: int) -> float:
 
     chains = sample_batch(9000, 3, (1, 2), 0.1, 100, generator(0, "bench-chains"))
     model = GIHTransformer(GIHModelConfig(), 3)
-    plan = make_plan(chains.tokens, model.band, 3, fast=False)
+    plan = make_plan(chains.tokens, model.band, 3, path="positions")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     start = time.perf_counter()
     for _ in range(steps):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from toyformer.config import ConfigError
 from toyformer.induction.chains import sample_batch
 from toyformer.induction.config import GIHModelConfig
 from toyformer.induction.losses import prediction_loss
@@ -38,23 +39,14 @@ def _model(seed: int = 0, d: int = 3, **kw) -> GIHTransformer:
     return model
 
 
-@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
-@pytest.mark.parametrize("targets", ["last", "all"])
-@pytest.mark.parametrize("fast,sums", [(True, False), (True, True), (False, False)], ids=["fast", "sums", "slow"])
-def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast, sums):
-    """Every path (the grouped classifier by gather and scatter, or by the groups' sparse sum; the per-position
-    path) against the literal model."""
-    chains = sample_batch(12, 3, (1, 2), 0.3, 14, generator(0, "model-test"))
-    model = _model(**kw)
-    plan = make_plan(chains.tokens, model.band, 3, targets, fast, torch.float64, sums=sums)
-    assert plan.table == fast and (plan.groups is not None) == (fast and targets == "last")
-    assert plan.groups is None or (plan.groups.sum is not None) == sums
+def _check_against_literal(model, tokens, targets, plan, losses=("nll",)):
+    """The plan's predictions and the gradients of every parameter against the literal model's."""
     got = model(plan)
-    want = reference_predict(model, chains.tokens, targets)
-    assert got.shape == want.shape == (12, 1 if targets == "last" else 14, 3)
+    want = reference_predict(model, tokens, targets)
+    assert got.shape == want.shape == (len(tokens), 1 if targets == "last" else tokens.shape[1] - 1, model.d)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert torch.allclose(got.sum(-1), torch.ones_like(got[..., 0]))
-    for kind in ("nll", "code-ce"):
+    for kind in losses:
         g_fast = torch.autograd.grad(
             prediction_loss(got, plan.labels, kind), list(model.parameters()), retain_graph=True
         )
@@ -63,6 +55,32 @@ def test_fast_path_matches_literal_model_and_its_gradient(kw, targets, fast, sum
         )
         for a, b in zip(g_fast, g_ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+PATH_CASES = [  # (path, the groups' sparse sum)
+    ("grouped", False),
+    ("grouped", True),
+    ("table", False),
+    ("windows", False),
+    ("positions", False),
+]
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+@pytest.mark.parametrize("targets", ["last", "all"])
+@pytest.mark.parametrize("path,sums", PATH_CASES, ids=["grouped", "sums", "table", "windows", "positions"])
+def test_every_path_matches_literal_model_and_its_gradient(kw, targets, path, sums):
+    """Every path (the grouped classifier by gather and scatter, or by the groups' sparse sum; the dense table; the
+    per-position kernel on distinct windows; every position its own window) against the literal model."""
+    if path == "grouped" and targets == "all":
+        pytest.skip("grouping is for last-token targets (a config error otherwise: see test_config)")
+    chains = sample_batch(12, 3, (1, 2), 0.3, 14, generator(0, "model-test"))
+    model = _model(**kw)
+    plan = make_plan(chains.tokens, model.band, 3, targets, path, torch.float64, sums=sums)
+    assert plan.path == path and plan.table == (path == "table")
+    assert (plan.groups is not None) == (path == "grouped")
+    assert plan.groups is None or (plan.groups.sum is not None) == sums
+    _check_against_literal(model, chains.tokens, targets, plan, ("nll", "code-ce"))
 
 
 LARGE = [
@@ -74,25 +92,48 @@ LARGE = [
 
 
 @pytest.mark.parametrize("kw", LARGE, ids=lambda kw: "-".join(str(v) for v in kw.values()))
-@pytest.mark.parametrize("targets", ["last", "all"])
-@pytest.mark.parametrize("limit", [None, 1], ids=["table", "no-table"])
-def test_every_path_matches_literal_model_at_larger_d_and_heads(kw, targets, limit, monkeypatch):
-    """d = 5 with four or six heads, where the data's windows rarely repeat. With ``limit`` 1 the dense (query ×
-    key) table is out of reach, as at large d on real data sizes: last-token targets must still take the grouped
-    path (it never builds that table), all-position targets the per-position one."""
-    if limit is not None:
-        monkeypatch.setattr("toyformer.induction.plan.TABLE_LIMIT", limit)
-    chains = sample_batch(10, 5, (1, 3), 0.3, 16, generator(5, "model-test-large"))
-    model = _model(d=5, **kw)
-    plan = make_plan(chains.tokens, model.band, 5, targets, True, torch.float64, sums=targets == "last")
-    assert (plan.groups is not None) == (targets == "last") and plan.table == (limit is None)
-    got = model(plan)
-    want = reference_predict(model, chains.tokens, targets)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    g_fast = torch.autograd.grad(prediction_loss(got, plan.labels, "nll"), list(model.parameters()))
-    g_ref = torch.autograd.grad(prediction_loss(want, plan.labels, "nll"), list(model.parameters()))
-    for a, b in zip(g_fast, g_ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+@pytest.mark.parametrize("d", [5, 8])
+@pytest.mark.parametrize("path", ["auto", "table", "windows", "positions", "direct", "mixed", "tables"])
+def test_every_path_matches_literal_model_at_larger_d_and_heads(kw, d, path, monkeypatch):
+    """d = 5 and 8 with four or six heads, where the data's windows rarely repeat. The grouped path with every head
+    reading its content table ("tables"), every head taking dot products per pair ("direct"), and the two mixed;
+    auto takes the path of least estimated work (never the unshared positions, whose work bounds the others')."""
+    chains = sample_batch(10, d, (1, 3), 0.3, 16, generator(d, "model-test-large"))
+    model = _model(d=d, **kw)
+    forced = {"direct": lambda *counts: True, "tables": lambda *counts: False}
+    flips = itertools.cycle([True, False])  # heads 1, 3, ... direct
+    forced["mixed"] = lambda *counts: next(flips)
+    if path in forced:
+        monkeypatch.setattr("toyformer.induction.plan.direct_head", forced[path])
+    for targets in ("last", "all"):
+        if path in forced and targets == "all":
+            continue
+        way = "grouped" if path in forced else path
+        plan = make_plan(chains.tokens, model.band, d, targets, way, torch.float64, sums=targets == "last")
+        if path == "auto":
+            assert plan.path == min(plan.costs, key=plan.costs.get)
+            assert ("grouped" in plan.costs) == (targets == "last") and plan.path != "positions"
+        if path in forced:
+            heads = model.cfg.heads
+            want = {"direct": [True] * heads, "tables": [False] * heads, "mixed": [h % 2 == 0 for h in range(heads)]}
+            assert plan.groups.direct == want[path]
+        _check_against_literal(model, chains.tokens, targets, plan)
+
+
+def test_auto_takes_the_cheaper_path_and_a_forced_table_that_cannot_fit_is_an_error(monkeypatch):
+    """All-position targets: the dense table while it is small against the scored positions, the per-position
+    kernel once it is not; forcing the table beyond its limit says what to do."""
+    chains = sample_batch(1000, 2, (1, 2), 0.3, 50, generator(1, "model-test-costs"))
+    model = _model(d=2)
+    small = make_plan(chains.tokens, model.band, 2, "all")  # at most 3^6 windows, 1,000 × 50 × 25 scored keys
+    assert small.path == "table" and small.costs["table"] < small.costs["windows"]
+    wide = make_plan(sample_batch(200, 8, (1, 2), 1.0, 30, generator(2, "w")).tokens, _model(d=8).band, 8, "all")
+    assert wide.path == "windows" and ("table" not in wide.costs or wide.costs["windows"] < wide.costs["table"])
+    monkeypatch.setattr("toyformer.induction.plan.TABLE_LIMIT", 1)
+    with pytest.raises(ConfigError, match="model.path = 'table'.*use auto or windows"):
+        make_plan(chains.tokens, model.band, 2, "all", "table")
+    with pytest.raises(ConfigError, match="needs data.targets = 'last'"):
+        make_plan(chains.tokens, model.band, 2, "all", "grouped")
 
 
 def test_subsets_are_bounded_by_degree_and_named_by_bits():

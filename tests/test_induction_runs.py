@@ -144,6 +144,9 @@ BAD = [
     (["data.first_order=true"], "parents"),
     (["train.stages.3.steps=2"], "not an index"),
     (["task=lm"], "task"),
+    (["model.path=grouped", "data.targets=all", "data.batch_size=32"], "needs data.targets = 'last'"),
+    (["model.fast=false", "model.path=windows"], "set one of them"),
+    (["model.path=banded"], "model.path"),
 ]
 
 
@@ -164,6 +167,30 @@ def test_all_targets_path_trains(tmp_path):
     final = run.summary()["final"]
     assert "loss_val_last" in final and final["loss_val"] > 0
     assert torch.isfinite(torch.tensor(final["loss_train"]))
+    assert run.meta()["plan"]["path"] in ("table", "windows")
+
+
+@pytest.mark.parametrize("path", ["auto", "windows", "positions"])
+def test_the_chosen_path_is_in_meta_and_every_path_trains_to_the_same_numbers(tmp_path, path):
+    """meta.json names the path the model was computed by (auto: the cheapest estimate, grouped for last-token
+    targets) with the estimates; a forced path gives the auto run's losses."""
+    runs = {}
+    for p in dict.fromkeys(("auto", path)):
+        cfg = _small("induction/grid-base", steps=4, extra=[f"model.path={p}"])
+        runs[p] = train(InductionExperiment(cfg), out=tmp_path / p, figures=False)
+    plan = runs[path].meta()["plan"]
+    assert plan["path"] == ("grouped" if path == "auto" else path)
+    if path == "auto":  # the estimates of every path that can run, the chosen one the least
+        assert min(plan["estimated_work"], key=plan["estimated_work"].get) == "grouped"
+        assert set(plan["estimated_work"]) == {"grouped", "table", "windows", "positions"}
+        assert plan["pairs"] <= plan["groups"] and plan["direct_heads"] == []
+    elif path == "windows":  # forced: the groups were never built, so they have no estimate
+        assert set(plan["estimated_work"]) == {"table", "windows", "positions"}
+    else:  # nothing shared, nothing estimated
+        assert "estimated_work" not in plan and plan["key_windows"] == 270 * 30
+    want, got = (runs[p].summary()["final"] for p in ("auto", path))
+    assert got["loss_val"] == pytest.approx(want["loss_val"], rel=1e-5)
+    assert got["loss_train"] == pytest.approx(want["loss_train"], rel=1e-5)
 
 
 def test_seed_group_counts_selected_subsets(tmp_path):
@@ -171,6 +198,8 @@ def test_seed_group_counts_selected_subsets(tmp_path):
 
     cfg = _small("induction/fewer-slots", steps=3)
     out = run_seeds(cfg, tasks.task_of(cfg), [0, 1], tmp_path / "g")
+    plans = [Run(out / f"seed-{s}").meta()["plan"] for s in (0, 1)]
+    assert plans[0] == plans[1] and plans[0]["path"] == "grouped" and plans[0]["shared_by_members"] == 2
     summary = json.loads((out / "summary.json").read_text())
     counts = summary["final"]["selected_subset"]["counts"]
     assert sum(counts.values()) == 2

@@ -274,8 +274,95 @@ def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None
         progress("standard transformer against the eager reference")
         results["standard"] = standard_speed(3.0 if quick else 30.0)  # the eager reference takes ~10 s a step
         results["standard_speedup"] = results["standard"]["speedup"]
+    if dev.type == "cpu":
+        results["scaling"] = scaling(0.5 if quick else 3.0, quick, progress)
     results["peak_memory_mb"] = peak_memory_mb()
     return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The induction model's step as the vocabulary, the heads, the window and the length grow
+
+SCALING_BASE = "induction/grid-base"  # full batch of 9,000 chains, the paper's nll, SGD
+SCALING = [  # (axis, data keys, model keys) changed from the base: d = 3, H = 3 (code layout), L = 100
+    ("base", {}, {}),
+    *(("d", {"d": d}, {}) for d in (4, 5, 8, 10)),
+    *(("H", {}, {"heads": h}) for h in (2, 4, 6)),
+    *(("M", {}, {"layout": "paper", "window": m}) for m in (3, 5, 8)),
+    *(("L", {"length": n}, {}) for n in (50, 200, 400)),
+]
+QUICK_SCALING = SCALING[:2]
+
+
+def _scaling_label(data: dict, model: dict) -> str:
+    if not data and not model:
+        return "d=3, H=3, L=100"
+    if "window" in model:
+        return f"paper layout, M={model['window']}"
+    return ", ".join(f"{'L' if k == 'length' else k}={v}" for k, v in (data | model).items()).replace("heads", "H")
+
+
+def _scaling_child(impl: str, seconds: float, data: dict, model: dict) -> None:
+    """In a child process (its peak memory its own): steps/s of one training step (SGD on the nll of the whole
+    training set) of TF(M, H, d, D) at the scaling base with ``data`` and ``model`` keys changed, by toyformer's
+    chosen path ("fast") or the plain vectorised banded model (every position its own window: "banded"); prints
+    JSON. The step reads no theory, so the setting is not held to the theory's state limit (M = 8 at d = 3)."""
+    from toyformer.induction.config import ChainConfig, GIHModelConfig
+    from toyformer.induction.experiment import ChainData
+    from toyformer.induction.losses import prediction_loss
+    from toyformer.induction.model import GIHTransformer
+    from toyformer.induction.plan import describe_plan
+
+    base = load(SCALING_BASE)
+    keys = model | ({"path": "positions"} if impl == "banded" else {})
+    cfg = base.model_copy(
+        update={
+            "data": ChainConfig(**base.data.model_dump() | data),
+            "model": GIHModelConfig(**base.model.model_dump() | keys),
+        }
+    )
+    device = torch.device("cpu")
+    net = GIHTransformer(cfg.model, cfg.data.d)
+    start = time.perf_counter()
+    chains = ChainData(cfg, net.band, device)
+    plan_s = time.perf_counter() - start
+    plan = chains.train_plan
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+
+    def step(i: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        prediction_loss(net(plan), plan.labels, "nll").backward()
+        optimizer.step()
+
+    steps = rate(step, device, seconds, warmup=1)
+    out = {"steps_per_s": steps, "peak_memory_mb": peak_memory_mb(), "plan_s": plan_s, "plan": describe_plan(plan)}
+    out["plan"].pop("estimated_work", None)
+    print(json.dumps(out | {"chains": len(plan.labels), "length": cfg.data.length}))
+
+
+def scaling(seconds: float, quick: bool = False, progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """The scaling table: for each setting of ``SCALING``, toyformer's step and the plain banded model's, each in its
+    own process on this CPU, one after the other; the speedup over the banded model, and each setting's time per
+    step over the base's (d = 3, H = 3 at the same chains and length: the L rows have no such base)."""
+    rows = []
+    for axis, data, model in QUICK_SCALING if quick else SCALING:
+        label = _scaling_label(data, model)
+        row = {"axis": axis, "setting": label}
+        for impl in ("fast", "banded"):
+            progress(f"scaling: {label}, {impl}")
+            code = (
+                f"from toyformer.bench import _scaling_child; _scaling_child({impl!r}, {seconds}, {data!r}, {model!r})"
+            )
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"scaling {label} ({impl}) failed: {done.stderr.strip().splitlines()[-1:]}")
+            row[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+        row["speedup_over_banded"] = row["fast"]["steps_per_s"] / row["banded"]["steps_per_s"]
+        rows.append(row)
+    base = rows[0]["fast"]["steps_per_s"]
+    for row in rows:
+        row["step_time_over_base"] = None if row["axis"] == "L" else base / row["fast"]["steps_per_s"]
+    return {"recipe": SCALING_BASE, "threads": torch.get_num_threads(), "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -849,10 +849,14 @@ def bench(
         int | None,
         typer.Option(help="--sweep: run the shell loop on this many cells spread over the grid, and scale its time"),
     ] = None,
+    scaling: Annotated[
+        bool, typer.Option(help="only the induction step's scaling table (d, H, M, L) against the banded model")
+    ] = False,
 ) -> None:
     """Speed and memory: generators (tokens/s), S2 and E5 steps/s, seed-ensemble scaling, probe overhead, peak
-    memory; on a GPU also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON. With --sweep, a
-    whole sweep's wall time on each backend against the same cells run one after another as separate processes."""
+    memory, and on the CPU the induction step's scaling table (d, H, M, L) against the plain banded model; on a GPU
+    also FLOP/s and bandwidth against the card's measured peaks. Prints the JSON. With --sweep, a whole sweep's wall
+    time on each backend against the same cells run one after another as separate processes."""
     from toyformer import bench as bench_mod
 
     if sweep is not None:
@@ -888,6 +892,8 @@ def bench(
         return
     if set_ or loop_cells is not None:
         fail(("--set" if set_ else "--loop-cells") + " applies to --sweep only")
+    if scaling and device != "cpu":
+        fail("--scaling times the CPU step (2 cores in benchmarks/RESULTS.md): leave --device at cpu")
     try:
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r}: use cpu or cuda")
@@ -902,7 +908,14 @@ def bench(
 
         torch.set_num_threads(threads)
     with console.status("benchmarking") as status:
-        results = bench_mod.run(device, quick, _bench_progress(status))
+        if scaling:
+            import torch
+
+            results = bench_mod.machine(torch.device("cpu")) | {
+                "scaling": bench_mod.scaling(0.5 if quick else 3.0, quick, _bench_progress(status))
+            }
+        else:
+            results = bench_mod.run(device, quick, _bench_progress(status))
     out_console.print(bench_mod.write(results, json_path), highlight=False, soft_wrap=True)
 
 

@@ -91,10 +91,19 @@ class GIHModelConfig(Strict):
     c_init: float = Field(0.01, description="init of every c_S")
     a_init: float = Field(0.01, description="init of the classifier's a")
     matrix_init: float = Field(0.01, description="full variant: Q, K and OV start at this times the identity")
-    fast: bool = Field(True, description="pair-table fast path where it fits (the literal model is the reference)")
+    fast: bool = Field(True, description="share the data's distinct windows (false: model.path = 'positions')")
+    path: Literal["auto", "grouped", "table", "windows", "positions"] = Field(
+        "auto", description="the exact path the model is computed by: auto takes the cheapest (induction/plan.py)"
+    )
+
+    @property
+    def plan_path(self) -> str:
+        return self.path if self.fast else "positions"
 
     @model_validator(mode="after")
     def _check(self) -> GIHModelConfig:
+        if not self.fast and self.path != "auto":
+            raise ValueError("model.fast = false is model.path = 'positions': set one of them, not both")
         if self.degree > self.heads:
             raise ValueError(f"model.degree must be in 1..heads={self.heads}, got {self.degree}")
         why = "is the paper layout's M; the code layout's windows are h..h+H-1"
@@ -182,6 +191,8 @@ class InductionConfig(RunConfig):
             )
         states = data.d ** max(data.parents)  # the theory's (kernels, states, states) transition matrices
         check_memory("theory.kernels", self.theory.kernels, self.theory.kernels * states**2 * 8, "stationary laws")
+        if m.path == "grouped" and data.targets != "last":
+            raise ValueError("model.path = 'grouped' needs data.targets = 'last': use auto, table or windows")
         if data.targets == "all" and data.split == "fixed" and data.batch_size is None:
             n, length = data.train_sequences, data.length
             if n * length * length > 50_000_000:

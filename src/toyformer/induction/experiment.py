@@ -13,7 +13,7 @@ from toyformer.induction.chains import Chains, sample_batch
 from toyformer.induction.config import InductionConfig, Stage
 from toyformer.induction.losses import prediction_loss
 from toyformer.induction.model import GIHTransformer
-from toyformer.induction.plan import Plan, make_plan
+from toyformer.induction.plan import Plan, describe_plan, make_plan
 from toyformer.induction.probes import InductionProbe, reference_table, snapshot
 from toyformer.induction.theory import predicted_offsets, prediction
 from toyformer.induction.views import page
@@ -111,7 +111,7 @@ class ChainData(Chainsets):
 
     def _plan(self, tokens: torch.Tensor, sums: bool = False) -> Plan:
         d = self.cfg
-        return make_plan(tokens, self.band.to(tokens.device), d.data.d, d.data.targets, d.model.fast, sums=sums)
+        return make_plan(tokens, self.band.to(tokens.device), d.data.d, d.data.targets, d.model.plan_path, sums=sums)
 
     def batch(self, step: int) -> Plan:
         return self.train_plan if self.full else self._plan(self.tokens(step))
@@ -133,6 +133,10 @@ class InductionExperiment:
 
     def batch(self, step: int) -> Plan:
         return self.data.batch(step)
+
+    def describe(self) -> dict:
+        """The path the model is computed by (the training plan's; a streamed run's first batch's), for meta.json."""
+        return {"plan": describe_plan(self.data.batch(0))}
 
     def loss(self, model: GIHTransformer, plan: Plan) -> torch.Tensor:
         return prediction_loss(model(plan), plan.labels, self.cfg.train.loss)

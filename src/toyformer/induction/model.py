@@ -87,6 +87,12 @@ class GIHTransformer(Hooked):
         self.subsets = subsets(cfg.heads, cfg.degree)
         self.names = [bits(s, cfg.heads) for s in self.subsets]
         self.c = nn.Parameter(torch.full((len(self.subsets),), cfg.c_init))
+        pairs = [s[0] * cfg.heads + s[1] for s in self.subsets if len(s) == 2]  # p_hk's entry of an (H, H) matrix
+        self.register_buffer("pair_entries", torch.tensor(pairs, dtype=torch.long), persistent=False)
+        for r in range(3, cfg.degree + 1):  # the heads of each larger subset size, as (r, n_r) row indices
+            rows = [s for s in self.subsets if len(s) == r]
+            if rows:
+                self.register_buffer(f"rows_{r}", torch.tensor(rows).T.contiguous(), persistent=False)
         self.a = nn.Parameter(torch.tensor(cfg.a_init))
         self.full = cfg.variant == "full"
         self.layernorm = cfg.head_norm == "layernorm"
@@ -103,6 +109,10 @@ class GIHTransformer(Hooked):
         """The literal model's prediction of x_{L+1}, (B, 1, d), from chains (B, L+1) (the target is not read),
         through the hook points; the fast path runs none."""
         return reference_predict(self, tokens, "last")
+
+    @property
+    def product_rows(self) -> list[torch.Tensor]:
+        return [getattr(self, f"rows_{r}") for r in range(3, self.cfg.degree + 1) if hasattr(self, f"rows_{r}")]
 
     GROUP_OF = {
         "w": "w",
@@ -145,16 +155,29 @@ class GIHTransformer(Hooked):
         return u / (u.norm(dim=-1, keepdim=True) + EPS_L2)
 
     # -- layer 2: selector kernel and classifier ---------------------------------------------------------------------
-    def kernel(self, inner: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        """K = Σ_S p_S ∏_{k∈S} inner[k] from per-head inner products ``inner`` (H, ...) or a list of H tensors."""
+    def kernel(self, inner: torch.Tensor) -> torch.Tensor:
+        """K = Σ_S p_S ∏_{k∈S} inner[k] from per-head inner products ``inner`` (H, ...), one contiguous row per head.
+        The single heads and the pairs as one quadratic form, K₁₂ = Σ_k x_k (p_k + Σ_{h<k} p_hk x_h): an (H, H)
+        matrix times the (H, N) rows, a product and a sum over heads, whatever the number of pairs; each larger subset
+        size r as the product of r row gathers (one row per subset) and a vector-matrix product."""
         p = self.subset_share()
-        out = torch.zeros_like(inner[0])
-        for i, s in enumerate(self.subsets):  # a handful of subsets; vectorised over everything else
-            term = inner[s[0]]
-            for k in s[1:]:
-                term = term * inner[k]
-            out = out + p[i] * term
-        return out
+        heads = self.cfg.heads
+        x = inner.reshape(heads, -1)
+        size_two = self.pair_entries.numel()
+        linear = p[:heads, None]  # subsets are ordered by size: the single heads, then the pairs, ...
+        if size_two:
+            upper = p.new_zeros(heads * heads).index_add(0, self.pair_entries, p[heads : heads + size_two])
+            out = (x * torch.addmm(linear, upper.view(heads, heads).T, x)).sum(0)
+        else:
+            out = (x * linear).sum(0)
+        start = heads + size_two
+        for rows in self.product_rows:  # (r, n_r): the heads of each size-r subset (r ≥ 3), one subset per column
+            term = x.index_select(0, rows[0])
+            for r in rows[1:]:
+                term = term * x.index_select(0, r)
+            out = out + p[start : start + rows.shape[1]] @ term
+            start += rows.shape[1]
+        return out.view(inner.shape[1:])
 
     def forward(self, plan: Plan) -> torch.Tensor:
         """Predicted distributions (B, targets, d) for the sequences of ``plan``."""
@@ -174,19 +197,24 @@ class GIHTransformer(Hooked):
             logits = logits.masked_fill(~plan.visible, float("-inf"))
         return torch.einsum("btl,bld->btd", torch.softmax(logits, dim=-1), plan.onehot)
 
-    def pair_kernel(self, plan: Plan, head_pair: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """(P,) the kernel K of every distinct (query window, key class) pair of a grouped plan: head h's inner
-        products come from a table over its own distinct band contents, read at ``head_pair[h]`` (default: the
-        plan's own). This depends on the data only through the windows, so an ensemble computes it for every
-        member on one shared plan, each member at its own pairs."""
+    def pair_kernel(self, plan: Plan, head_pair: torch.Tensor | None = None) -> torch.Tensor:
+        """(P,) the kernel K of every distinct (query window, key class) pair of a grouped plan, read at
+        ``head_pair`` (H, P) (default: the plan's own). Head h's inner products come from a table over its own
+        distinct band contents or, for a direct head, from one dot product per pair. This depends on the data only
+        through the windows, so an ensemble computes it for every member on one shared plan, each member at its own
+        pairs."""
         g = plan.groups
         keys, queries = self.copier(g.keys), self.copier(g.queries)
         head_pair = g.head_pair if head_pair is None else head_pair
-        inner = [  # per head, (P,); a list, not a stacked tensor, so the backward builds no (H, P) zeros per term
-            (queries[g.query_rep[h], h] @ keys[g.key_rep[h], h].T).reshape(-1).index_select(0, head_pair[h])
-            for h in range(self.cfg.heads)
-        ]
-        return self.kernel(inner)
+        rows = []
+        for h in range(self.cfg.heads):  # one head's table at a time: it stays in cache while its pairs read it
+            q, k, e = queries[g.query_rep[h], h], keys[g.key_rep[h], h], head_pair[h]
+            if g.direct[h]:
+                n = g.key_contents[h]
+                rows.append((q.index_select(0, e // n) * k.index_select(0, e % n)).sum(-1))
+            else:
+                rows.append((q @ k.T).reshape(-1).index_select(0, e))
+        return self.kernel(torch.stack(rows))
 
     def classify(
         self,

@@ -1,16 +1,23 @@
-"""Plans: what TF(M, H, d, D) reads of a set of chains, computed once per dataset.
+"""Plans: what TF(M, H, d, D) reads of a set of chains, computed once per dataset, by the cheapest of four exact paths.
 
-Fast path. Head h's output at position i depends only on the window (x_i, x_{i−1}, …, x_{i−span}): its tokens, and
-which of them lie before the start. A fixed dataset has few distinct windows (d = 3, span 5: at most 4^5·3 key
-windows; E5's 900,000 positions have about 1,100), so the copier runs on the distinct windows only. With last-token
-targets the kernel is computed once per distinct (query window, key class) pair (a key class: the key window read
-only at the heads' offsets, so without the key's own token where no band holds offset 0), from per-head tables over
-the distinct contents of each head's band, and the classifier's softmax runs over each sequence's distinct key
-windows weighted by their counts (on the CPU as one sparse matrix, ``GroupSum``). The gradient flows back through
-these gathers into the small tables. With all-position
-targets K is read from a dense (query window × key window) table; where that table would be too large, every
-position reads its own window's head outputs. ``toyformer.induction.model.reference_predict`` is the literal model
-that the fast path is tested against.
+Head h's output at position i depends only on the window (x_i, x_{i−1}, …, x_{i−span}): its tokens, and which of them
+lie before the start. A fixed dataset has few distinct windows at small d (d = 3, span 5: at most 4^5·3 key windows;
+E5's 900,000 positions have about 1,100), so the copier runs on the distinct windows only. The paths:
+
+- ``grouped`` (last-token targets): the kernel is computed once per distinct (query window, key class) pair (a key
+  class: the key window read only at the heads' offsets, so without the key's own token where no band holds offset 0),
+  and the classifier's softmax runs over each sequence's distinct key windows weighted by their counts (on the CPU as
+  one sparse matrix, ``GroupSum``). Head h's inner products come from a table over the distinct contents of its band
+  where that table is small against the number of pairs, else from one dot product per pair (a "direct" head: at
+  large d, or a long band, the table would outgrow the pairs).
+- ``table``: K read from a dense (query window × key window) table (both target modes; it must fit TABLE_LIMIT).
+- ``windows``: the copier on the distinct windows, the kernel per (target, key) position.
+- ``positions``: every position its own window, nothing shared: the plain vectorised banded model (``model.fast =
+  false``), the reference the others are timed against.
+
+``make_plan`` estimates each path's work (``path_costs``) and takes the cheapest unless one is forced
+(``model.path``); the plan records the choice and the estimates. ``toyformer.induction.model.reference_predict`` is
+the literal model that every path is tested against.
 """
 
 from __future__ import annotations
@@ -21,7 +28,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TABLE_LIMIT = 1 << 22  # largest (query window × key window) table of the fast path
+from toyformer.config import ConfigError
+
+TABLE_LIMIT = 1 << 22  # largest (query window × key window) table of the table path
+PATHS = ("grouped", "table", "windows", "positions")
+# The cost model's prices, in element operations of a streamed pass (calibrated on 2 CPU cores against the grid-base
+# step at d = 3..10, H = 2..6 and M = 3..8): a multiply-add inside a matrix product, and an element gathered by index
+# (with its gradient added back by index).
+MATMUL = 1 / 8
+GATHER = 4
 
 
 @dataclass
@@ -37,7 +52,12 @@ class Groups:
     keys: torch.Tensor  # the same for key windows
     query_rep: list[torch.Tensor]  # per head: for each distinct content of its band, a row of ``queries`` with it
     key_rep: list[torch.Tensor]  # per head: the same in ``keys``
-    head_pair: list[torch.Tensor]  # per head, (P,): each pair's entry in the head's (query rep × key rep) table
+    head_pair: (
+        torch.Tensor
+    )  # (H, P) head h's entry for each pair: in its (query rep × key rep) table, q·key_contents[h]
+    # + k with q, k the pair's query and key contents (a direct head reads the same code as two indices)
+    direct: list[bool]  # per head: one dot product per pair instead of a table
+    key_contents: list[int]  # per head: the distinct contents of its band among the key windows
     sum: GroupSum | None = None  # the groups' sum as a sparse matrix, where the plan was asked for one
 
 
@@ -55,6 +75,8 @@ class Plan:
     visible: torch.Tensor | None  # (T, L) key i visible from target τ (i < τ); None when every key is
     table: bool
     groups: Groups | None
+    path: str = "positions"  # the path taken (``PATHS``)
+    costs: dict[str, float] | None = None  # each path's estimated work per step, where the choice was made by cost
 
 
 class GroupSum:
@@ -117,13 +139,18 @@ def make_plan(
     band: torch.Tensor,
     d: int,
     targets: str = "last",
-    fast: bool = True,
+    path: str = "auto",
     dtype: torch.dtype = torch.float32,
     sums: bool = False,
 ) -> Plan:
     """The plan of sequences ``tokens`` (B, L+1) (inputs x_1..x_L and the token(s) to predict) for a model whose
-    heads read the offsets ``band`` (H, span+1) and compute in ``dtype``; ``sums``: with the groups' sparse sum
-    (worth its construction for a plan read many times, on the CPU)."""
+    heads read the offsets ``band`` (H, span+1) and compute in ``dtype``, by ``path`` (one of ``PATHS``, or "auto":
+    the cheapest by ``path_costs``); ``sums``: with the groups' sparse sum (worth its construction for a plan read
+    many times, on the CPU)."""
+    if path not in ("auto", *PATHS):
+        raise ConfigError(f"model.path {path!r}: use auto or one of {', '.join(PATHS)}")
+    if path == "grouped" and targets != "last":
+        raise ConfigError("model.path = 'grouped' needs data.targets = 'last'; use auto, table or windows")
     span = band.shape[1] - 1
     length = tokens.shape[1] - 1
     inputs = tokens[:, :length]
@@ -132,21 +159,31 @@ def make_plan(
     # The query at τ sees the placeholder at offset 0 and x_{τ−o} at offset o: the key window of τ−1, shifted.
     before = key_windows(tokens, span, d, taus - 1)[..., :span]  # (B, T, span)
     queries = torch.cat([torch.full_like(before[..., :1], d + 1), before], dim=-1)
-    if fast:
-        key_set, key_index = _distinct(keys, d + 2)
-        query_set, query_index = _distinct(queries, d + 2)
-    else:  # every window its own entry: the per-position path, no sharing
+    costs, groups = None, None
+    if path == "positions":  # every window its own entry: no sharing
         key_set, query_set = keys.reshape(-1, span + 1), queries.reshape(-1, span + 1)
         key_index = torch.arange(len(key_set), device=tokens.device).view(keys.shape[:2])
         query_index = torch.arange(len(query_set), device=tokens.device).view(queries.shape[:2])
-    table = fast and len(key_set) * len(query_set) <= TABLE_LIMIT
+    else:
+        key_set, key_index = _distinct(keys, d + 2)
+        query_set, query_index = _distinct(queries, d + 2)
+        if targets == "last" and path in ("auto", "grouped"):  # its cost is known once its pairs are
+            groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype)
+        costs = path_costs(tuple(tokens.shape), band, d, len(key_set), len(query_set), targets, groups)
+        if path == "auto":
+            path = min(costs, key=costs.get)
+        elif path == "table" and len(key_set) * len(query_set) > TABLE_LIMIT:
+            raise ConfigError(
+                f"model.path = 'table': these chains have {len(query_set):,} × {len(key_set):,} (query × key) "
+                f"windows, more than the table's {TABLE_LIMIT:,} entries; use auto or windows"
+            )
     visible = None
     if targets == "all":
         visible = torch.arange(length, device=tokens.device)[None, :] < taus[:, None]
-    last = fast and targets == "last"  # the groups read per-head tables, never the dense (query × key) one
-    groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype) if last else None
-    if groups is not None and sums:
-        groups.sum = GroupSum(groups.slot, groups.pair, groups.count, len(tokens) * d, int(groups.pair.max()) + 1)
+    if path != "grouped":
+        groups = None
+    elif sums:
+        groups.sum = GroupSum(groups.slot, groups.pair, groups.count, len(tokens) * d, groups.head_pair.shape[1])
     return Plan(
         keys=key_set,
         queries=query_set,
@@ -155,9 +192,65 @@ def make_plan(
         onehot=F.one_hot(inputs, d).to(dtype),
         labels=tokens[:, taus],
         visible=visible,
-        table=table,
+        table=path == "table",
         groups=groups,
+        path=path,
+        costs=costs,
     )
+
+
+def describe_plan(plan: Plan) -> dict:
+    """The path a plan took and why, for a run's meta.json: the path, each path's estimated work (where the choice was
+    made by cost), the distinct windows, and for the grouped path its pairs, groups and direct heads."""
+    out = {"path": plan.path, "key_windows": len(plan.keys), "query_windows": len(plan.queries)}
+    if plan.costs is not None:
+        out["estimated_work"] = {k: round(v) for k, v in sorted(plan.costs.items(), key=lambda kv: kv[1])}
+    if plan.groups is not None:
+        g = plan.groups
+        out |= {
+            "pairs": g.head_pair.shape[1],
+            "groups": len(g.seq),
+            "direct_heads": [h + 1 for h, x in enumerate(g.direct) if x],
+        }
+    return out
+
+
+def path_costs(
+    shape: tuple[int, int],
+    band: torch.Tensor,
+    d: int,
+    keys: int,
+    queries: int,
+    targets: str,
+    groups: Groups | None = None,
+) -> dict[str, float]:
+    """Each path's estimated work per step (element operations of a streamed pass, forward and back; ``MATMUL`` and
+    ``GATHER`` price the others), for B chains of L+1 tokens (``shape``) over d tokens with ``keys`` and ``queries``
+    distinct windows, heads reading ``band``; the grouped path from its ``groups``. A path that cannot run (the table
+    beyond TABLE_LIMIT, grouping with all-position targets or without its groups) is left out."""
+    heads, width = band.shape[0], int(band.sum(1).max())  # offsets per head
+    batch, length = shape[0], shape[1] - 1
+    scored = batch * (length if targets == "last" else length * (length + 1) / 2)  # (target, visible key) entries
+    copier = heads * width * 4  # per window: copy weights, softmax, the weighted copy
+    per_key = heads * d * GATHER + heads  # per (query, key) position: its heads' outputs gathered, the kernel
+    classify = scored * (d + 3)  # the softmax over keys and the sum of the keys' tokens
+    windows = batch * length + batch * (1 if targets == "last" else length)  # key and query positions
+    costs = {
+        "positions": windows * copier + scored * per_key + classify,
+        "windows": (keys + queries) * copier + scored * per_key + classify,
+    }
+    if keys * queries <= TABLE_LIMIT:
+        table = keys * queries * heads * (1 + 3 * d * MATMUL)
+        costs["table"] = (keys + queries) * copier + table + scored * GATHER + classify
+    if groups is not None:
+        pairs, n_groups = groups.head_pair.shape[1], len(groups.seq)
+        tables = sum(
+            head_cost(len(q), len(k), pairs, d, direct)
+            for q, k, direct in zip(groups.query_rep, groups.key_rep, groups.direct, strict=True)
+        )
+        needed = len(groups.queries) + len(groups.keys)
+        costs["grouped"] = needed * copier + tables + pairs * (heads * GATHER + 4) + n_groups * GATHER + batch * d
+    return costs
 
 
 def _groups(
@@ -178,13 +271,16 @@ def _groups(
     classes, key_class = _distinct(key_set[:, band.any(0)], d + 2)
     class_rep = _first(key_class, len(classes))  # a key window of each class
     pairs, pair = torch.unique(query_index[seq] * len(classes) + key_class[key], return_inverse=True)
-    query_rep, key_rep, head_pair = [], [], []
+    query_rep, key_rep, head_pair, direct, key_contents = [], [], [], [], []
     for h in range(band.shape[0]):  # a head reads only its band: far fewer distinct contents than windows
         q_content, q_of = _distinct(query_set[:, band[h]], d + 2)
         k_content, k_of = _distinct(key_set[:, band[h]], d + 2)
         query_rep.append(_first(q_of, len(q_content)))
         key_rep.append(_first(k_of, len(k_content)))
-        head_pair.append(q_of[pairs // len(classes)] * len(k_content) + k_of[class_rep[pairs % len(classes)]])
+        entry = q_of[pairs // len(classes)] * len(k_content) + k_of[class_rep[pairs % len(classes)]]
+        direct.append(direct_head(len(q_content), len(k_content), len(pairs), d))
+        head_pair.append(entry)
+        key_contents.append(len(k_content))
     # the copier runs only on the windows some head's table reads (a few dozen, of up to thousands)
     query_need, key_need = torch.unique(torch.cat(query_rep)), torch.unique(torch.cat(key_rep))
     return Groups(
@@ -197,8 +293,24 @@ def _groups(
         keys=key_set[key_need],
         query_rep=[torch.searchsorted(query_need, r) for r in query_rep],
         key_rep=[torch.searchsorted(key_need, r) for r in key_rep],
-        head_pair=head_pair,
+        head_pair=torch.stack(head_pair),
+        direct=direct,
+        key_contents=key_contents,
     )
+
+
+def head_cost(query_contents: int, key_contents: int, pairs: int, d: int, direct: bool) -> float:
+    """A grouped head's work: its (query × key content) table (a matrix product, forward and back, and the table's
+    gradient) or, ``direct``, one dot product per pair (two gathered d-vectors)."""
+    if direct:
+        return pairs * d * 2 * GATHER
+    return query_contents * key_contents * (1 + 3 * d * MATMUL)
+
+
+def direct_head(query_contents: int, key_contents: int, pairs: int, d: int) -> bool:
+    """Whether a grouped head takes one dot product per pair rather than reading its content table."""
+    cost = [head_cost(query_contents, key_contents, pairs, d, direct) for direct in (False, True)]
+    return cost[1] < cost[0]
 
 
 def _first(inverse: torch.Tensor, n: int) -> torch.Tensor:

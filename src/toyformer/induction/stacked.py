@@ -12,7 +12,7 @@ from torch.func import functional_call, vmap
 
 from toyformer.config import ConfigError
 from toyformer.induction.losses import target_losses
-from toyformer.induction.plan import GroupSum, Plan, make_plan
+from toyformer.induction.plan import GroupSum, Plan, describe_plan, make_plan
 from toyformer.train.ensemble import Method
 
 
@@ -22,7 +22,9 @@ class StackedPlan:
     run of consecutive groups; ``SortedGather`` sums the gradient of each run."""
 
     plan: Plan
-    head_pair: list[torch.Tensor]  # per head, (members, width): member e's k-th distinct pair (pair 0 in the padding)
+    head_pair: (
+        torch.Tensor
+    )  # (members, width, H): the table entries of member e's k-th distinct pair (pair 0 in the padding)
     entry: torch.Tensor  # (groups,) each group's entry of the flattened (members, width) kernel
     slots: torch.Tensor  # (runs,) the entry each run of equal entries reads
     lengths: torch.Tensor  # (runs,) the length of each run
@@ -45,12 +47,12 @@ class InductionStep:
     def _plan(self, tokens: torch.Tensor, sums: bool = False) -> StackedPlan:
         """``sums``: with the groups' sparse sum (built once: the fixed plan, on the CPU)."""
         d, model = self.cfg.data, self.template
-        plan = make_plan(tokens, model.band, d.d, d.targets, self.cfg.model.fast)
-        if plan.groups is None:
+        if d.targets != "last" or self.cfg.model.plan_path not in ("auto", "grouped"):
             raise ConfigError(
-                "a stacked ensemble of induction models needs the grouped fast path (data.targets = 'last', "
-                "model.fast = true): run the seeds one after another with --sequential"
+                "a stacked ensemble of induction models needs the grouped path (data.targets = 'last', "
+                "model.path auto or grouped): run the seeds one after another with --sequential"
             )
+        plan = make_plan(tokens, model.band, d.d, d.targets, "grouped")  # the members share it, and its choices
         # Each member computes its kernel only on its own distinct pairs (a quarter of the union's for E5), padded to
         # the largest member's count. Groups are ordered by (member, pair), so the gather of each group's entry has
         # as gradient a sum over runs of equal entries (segment sums) instead of contended atomic adds.
@@ -66,12 +68,16 @@ class InductionStep:
         rank = torch.arange(len(runs), device=runs.device) - (torch.cumsum(per_member, 0) - per_member)[run_member]
         padded = torch.zeros(members * width, dtype=torch.long, device=runs.device)
         padded[run_member * width + rank] = runs % pairs  # member e's k-th pair (pair 0 in the padding)
-        head_pair = [hp.index_select(0, padded).view(members, width) for hp in g.head_pair]
+        head_pair = g.head_pair.index_select(1, padded).view(-1, members, width).transpose(0, 1).contiguous()
         slots = run_member * width + rank  # each run's entry in the (members, width) kernel
         entry = slots.repeat_interleave(lengths)
         if sums:
             plan.groups.sum = GroupSum(plan.groups.slot, entry, plan.groups.count, len(tokens) * d.d, members * width)
         return StackedPlan(plan, head_pair, entry, slots, lengths)
+
+    def describe(self) -> dict:
+        """The shared plan's path (the fixed plan's; streamed chains: the first batch's), for the members' meta."""
+        return {"plan": describe_plan(self.batch(0).plan) | {"shared_by_members": len(self.datas)}}
 
     def batch(self, step: int) -> StackedPlan:
         if self.fixed is not None:

@@ -122,6 +122,13 @@ class Experiment(Protocol):
     def write_figures(self, run: Run) -> list[str]: ...
 
 
+def describe(computer: object) -> dict:
+    """What an experiment (or a stacked step) chose for itself that the config does not say (a family's computation
+    path, say), for meta.json: its ``describe()`` where it has one."""
+    method = getattr(computer, "describe", None)
+    return method() if method is not None else {}
+
+
 def train(
     experiment: Experiment,
     out: Path | None = None,
@@ -132,6 +139,8 @@ def train(
     """Train an experiment into a new run directory (or continue ``resume``), then write its figures, its report
     page and its summary."""
     run = resume or Run.create(experiment.cfg, out)
+    if resume is None:
+        run.update_meta(**describe(experiment))
     steps, probe_steps, checkpoint_steps = experiment.schedule()
     loop = Loop(
         model=experiment.model,
