@@ -131,9 +131,12 @@ def test_uniform_attention_reads_one_hundredth(overlapping_topics):
 
 
 def _randomise(model, gen):
-    """O(1) attention scores and non-zero biases everywhere, so that every term of the forward pass matters."""
+    """O(1) attention scores and non-zero biases everywhere, so that every term of the forward pass matters. A frozen
+    one-hot embedding stays the identity it always is (the model computes with that: see test_frozen_onehot_...)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if name == "W_E" and model.blocks[0].attn.identity_table:
+                continue
             fan_in = p.shape[-2] if p.ndim >= 2 else 1
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
             if name.endswith(("W_Q", "W_K")):
@@ -213,6 +216,7 @@ MODELS = {
         "n_layers": 2,
     },
     "onehot-residual-2-layers": {"preset": "D", "residual": True, "n_layers": 2},
+    "onehot-2-heads": {"preset": "D", "n_heads": 2},  # W^O = I over two heads: their outputs side by side
     "official-parity": {
         "embedding": "trained",
         "embedding_norm": True,
@@ -234,7 +238,14 @@ def inputs():
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("bias", ["mask", "weighted"])
-def test_fast_path_equals_plain_attention(name, bias, inputs):
+@pytest.mark.parametrize("mixing", ["auto", "histogram", "gather", "inputs"])
+def test_fast_path_equals_plain_attention(name, bias, mixing, inputs, monkeypatch):
+    """Every model against the attention written out, with layer 0 mixing its values each of the three ways (where
+    it reads an embedding table) and by the cheapest; the frozen one-hot (W_E = I) and identity-output shortcuts of
+    the presets included."""
+    if mixing != "auto":
+        forced = lambda self, table, length, queries: "inputs" if table is None or length == 1 else mixing  # noqa: E731
+        monkeypatch.setattr("toyformer.topic.model.Attention.mixing", forced)
     data, batch = inputs
     cfg = validate({"model": MODELS[name], "data": data})
     model = build_model(cfg)
@@ -276,6 +287,50 @@ def test_fast_path_equals_plain_attention(name, bias, inputs):
     picked_pattern = last.gather(2, query_index[:, None, :, None].expand(-1, last.shape[1], -1, n))
     if patterns_q[-1].shape[-1] == n:
         assert torch.allclose(patterns_q[-1].double().expand_as(picked_pattern), picked_pattern, atol=2e-5)
+
+
+@pytest.mark.parametrize("preset,identity", [("B", True), ("C", True), ("D", True), ("A", False)])
+def test_frozen_onehot_embedding_is_the_identity_the_shortcut_assumes(preset, identity):
+    """The shortcut W_E·W = W holds exactly when W_E is a frozen identity: one-hot and frozen, never trained."""
+    cfg = validate({"model": {"preset": preset}})
+    model = build_model(cfg)
+    assert model.blocks[0].attn.identity_table == identity
+    if identity:
+        assert not model.W_E.requires_grad and torch.equal(model.W_E, torch.eye(len(model.W_E)))
+    trained = validate({"model": {"preset": "D", "freeze": ["output", "decoder"]}})  # one-hot, but it learns
+    assert not build_model(trained).blocks[0].attn.identity_table
+
+
+@pytest.mark.parametrize(
+    "name", ["A", "B", "C", "D", "B-2-layers", "multihead-trained", "official-parity", "onehot-2-heads"]
+)
+def test_circuits_equal_their_written_out_products(name):
+    """The OV and QK circuits, which skip identity factors, against W_E · Π_l Σ_h W_V W_O · W_U and W_E W_Q W_Kᵀ
+    W_Eᵀ / H multiplied out."""
+    from toyformer.topic.probes import CircuitStructure, ov_circuit, qk_circuit
+
+    model = build_model(validate({"model": MODELS[name]}))
+    _randomise(model, generator(7, name))
+    with torch.no_grad():
+        table = model.embedding_table().double()
+        ov = table
+        for block in model.blocks:
+            ov = ov @ torch.einsum("hde,hef->df", block.attn.W_V.double(), block.attn.W_O.double())
+        ov = ov @ model.unembed().double()
+        torch.testing.assert_close(ov_circuit(model).double(), ov, rtol=1e-4, atol=2e-5 * float(ov.abs().max()))
+        attn = model.blocks[0].attn
+        if attn.uniform:
+            assert qk_circuit(model) is None
+        else:
+            qk = table @ torch.einsum("hde,hfe->df", attn.W_Q.double(), attn.W_K.double()) @ table.T / attn.W_Q.shape[0]
+            torch.testing.assert_close(qk_circuit(model).double(), qk, rtol=1e-4, atol=2e-5 * float(qk.abs().max()))
+        n = len(table)
+        same = torch.rand(n, n, generator=generator(8, "classes")) < 0.3
+        classes = {"same_word": torch.eye(n, dtype=torch.bool), "same_topic": same, "diff_topic": ~same}
+        out = CircuitStructure(classes).measure(model)
+        unit = table / table.norm(dim=1, keepdim=True)
+        assert out["emb_same_word"] == pytest.approx(float((table @ table.T).diagonal().mean()), rel=1e-5)
+        assert out["emb_cos_same_topic"] == pytest.approx(float((unit @ unit.T)[same].mean()), rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,13 @@ computed as the key-weighted mean of the inputs, once per document, since every 
 
 A sequence of length 1 stands for a sequence whose positions are all equal (what uniform attention without a
 residual produces); attention over it returns its value, whatever the key mask, which is exact.
+
+Layer 0 reads token ids, so the values it mixes are rows of the small V × d_head table W_E·W^V. It mixes them by
+the cheapest of three exact ways for the shapes at hand (``Attention.mixing``): a V-sized histogram of the attention
+over ids times that table (small vocabularies), the table's rows gathered at the keys' ids and weighted (large
+vocabularies, where the histogram would cost V·d_head per query), or the inputs themselves, then W^V. Frozen one-hot
+embeddings (W_E = I) and an identity output (W^O = I) are never multiplied by: at V = 4,000 those products alone were
+V³ and B·L·V² multiply-adds per step.
 """
 
 from __future__ import annotations
@@ -84,18 +91,38 @@ class Attention(nn.Module):
             self.W_K = nn.Parameter(init((h, d_model, d_head), cfg.qk_init, d_model))
         self.W_V = nn.Parameter(init((h, d_model, d_head), cfg.value_init, d_model))
         self.b_V = nn.Parameter(torch.zeros(h, d_head), requires_grad=cfg.value_bias)
-        if cfg.output == "identity":
+        self.identity_output = cfg.output == "identity"
+        if self.identity_output:
             self.register_buffer("W_O", torch.eye(d_model).reshape(h, d_head, d_model))
         else:
             self.W_O = nn.Parameter(init((h, d_head, d_model), cfg.output_init, h * d_head))
+        self.identity_table = False  # set by the model: layer 0's embedding table is a frozen identity
 
-    def histogram(self, table: torch.Tensor | None, length: int) -> bool:
-        """Whether layer 0 mixes token ids (a V-sized histogram) instead of the inputs: then x = W_E[ids] is never
-        built. Cheaper while V·d_head <= L·d_model (small vocabularies: the synthetic topics)."""
-        return table is not None and length > 1 and table.shape[0] * self.d_head <= length * table.shape[1]
+    def mixing(self, table: torch.Tensor | None, length: int, queries: int) -> str:
+        """How layer 0 mixes its values for ``queries`` queries over ``length`` keys: "histogram" (attention scattered
+        onto the V ids, times W_E·W^V), "gather" (W_E·W^V's rows at the keys' ids, weighted) or "inputs" (the mixed
+        inputs, then W^V; the only way without an embedding table). The cheapest by multiply-adds per query and head,
+        a gathered element priced as four."""
+        if table is None or length == 1:
+            return "inputs"
+        (v, d), e = table.shape, self.d_head
+        costs = {
+            "histogram": length + v * e,
+            "gather": length * e + 4 * length * e / queries,
+            "inputs": length * d + d * e + 4 * length * d / queries,
+        }
+        return min(costs, key=costs.get)
+
+    def queries(self, length: int, query_index: torch.Tensor | None) -> int:
+        """The query rows attention computes: one for uniform attention (every query alike), else those asked for."""
+        if self.uniform:
+            return 1
+        return length if query_index is None or length == 1 else query_index.shape[1]
 
     def through(self, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """W_E·W per head, (H, V, d_head)."""
+        """W_E·W per head, (H, V, d_head) (W itself where W_E is a frozen identity)."""
+        if self.identity_table:
+            return weight
         return torch.einsum("vd,hde->hve", table, weight)
 
     def project(self, x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor | None, ids) -> torch.Tensor:
@@ -128,7 +155,7 @@ class Attention(nn.Module):
     ):
         """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
         table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0); x may
-        then be None where ``histogram`` says it is not read."""
+        then be None where ``mixing`` says it is not read."""
         length = ids.shape[1] if x is None else x.shape[1]
         if length == 1:
             key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
@@ -137,7 +164,10 @@ class Attention(nn.Module):
             xq = None if x is None else x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
             qids = None if ids is None else ids.gather(1, query_index)
         pattern = self.pattern(xq, x, key_bias, table, ids, qids)
-        if self.histogram(table, length):
+        mixing = self.mixing(table, length, self.queries(length, query_index))
+        if mixing == "gather":  # the values W_E·W^V at each key's id, weighted: B·L·d_head per query and head
+            z = pattern @ self.project(None, self.W_V, table, ids)
+        elif mixing == "histogram":
             # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product.
             bins = pattern.new_zeros(*pattern.shape[:-1], table.shape[0])
             bins = bins.scatter_add(-1, ids[:, None, None, :].expand_as(pattern), pattern)
@@ -150,6 +180,8 @@ class Attention(nn.Module):
             # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
             z = torch.einsum("bhld,hde->bhle", pattern @ x[:, None], self.W_V)
         z = z + self.b_V[None, :, None, :]
+        if self.identity_output:  # W^O = I: the heads' outputs side by side
+            return z.transpose(1, 2).flatten(2), pattern
         return torch.einsum("bhle,hed->bld", z, self.W_O), pattern
 
 
@@ -194,6 +226,8 @@ class TopicTransformer(nn.Module):
             self.type_vector = nn.Parameter(torch.zeros(d_model))
             self.ln_embed = nn.LayerNorm(d_model)
         self.blocks = nn.ModuleList([Block(cfg, d_model, d_head, init) for _ in range(cfg.n_layers)])
+        frozen_onehot = cfg.embedding == "onehot" and "embedding" in cfg.freeze and not cfg.embedding_norm
+        self.blocks[0].attn.identity_table = frozen_onehot  # W_E = I stays I
         self.decoder = cfg.decoder
         if cfg.decoder == "trained":
             self.W_U = nn.Parameter(init((d_model, n_ids), "default", d_model))
@@ -231,7 +265,8 @@ class TopicTransformer(nn.Module):
         """
         table = self.embedding_table()
         first = self.blocks[0]
-        reads_inputs = first.residual or not first.attn.histogram(table, ids.shape[1])
+        queries = first.attn.queries(ids.shape[1], query_index if len(self.blocks) == 1 else None)
+        reads_inputs = first.residual or first.attn.mixing(table, ids.shape[1], queries) == "inputs"
         x = F.embedding(ids, table) if reads_inputs else None  # (B, L, d_model)
         patterns = []
         for k, block in enumerate(self.blocks):

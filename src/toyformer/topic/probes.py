@@ -22,11 +22,15 @@ from toyformer.topic.theory import block_effect, class_means
 
 
 def ov_circuit(model: TopicTransformer) -> torch.Tensor:
-    """W_E · Π_l (Σ_h W_V W_O)_l · W_U: the id → logit map of the all-attention path (regime B: W^V itself)."""
-    ov = model.embedding_table()
+    """W_E · Π_l (Σ_h W_V W_O)_l · W_U: the id → logit map of the all-attention path (regime B: W^V itself). Identity
+    factors (a frozen one-hot W_E, W^O = I, an identity decoder) are not multiplied by: at V = 4,000 each such
+    product is 64·10⁹ multiply-adds."""
+    ov = None if model.blocks[0].attn.identity_table else model.embedding_table()  # None: the identity so far
     for block in model.blocks:
-        ov = ov @ torch.einsum("hde,hef->df", block.attn.W_V, block.attn.W_O)
-    return ov @ model.unembed()
+        a = block.attn
+        vo = a.W_V.permute(1, 0, 2).flatten(1) if a.identity_output else torch.einsum("hde,hef->df", a.W_V, a.W_O)
+        ov = vo if ov is None else ov @ vo
+    return ov if model.decoder == "identity" else ov @ model.unembed()
 
 
 def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
@@ -34,6 +38,8 @@ def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
     if attn.uniform:
         return None
     qk = torch.einsum("hde,hfe->df", attn.W_Q, attn.W_K) / attn.W_Q.shape[0]
+    if layer == 0 and attn.identity_table:
+        return qk
     table = model.embedding_table()
     return table @ qk @ table.T
 
@@ -49,9 +55,13 @@ class CircuitStructure:
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         ov = ov_circuit(model)
         table = model.embedding_table()
-        out = self._read(table @ table.T, "emb")
-        unit = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        out |= class_means(unit @ unit.T, self.classes, "emb_cos")
+        if model.blocks[0].attn.identity_table:  # a frozen one-hot W_E: its Gram and cosines are the identity
+            gram = cosine = torch.eye(len(table), device=table.device)
+        else:
+            unit = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            gram, cosine = table @ table.T, unit @ unit.T
+        out = self._read(gram, "emb")
+        out |= class_means(cosine, self.classes, "emb_cos")
         out |= self._read(ov, "wv")
         # W^VᵀW^V over inputs (inputs' value vectors are rows here), after removing what a trained bias absorbs:
         # each output's mean over the input words. Without that, a shared offset swamps every class.

@@ -91,22 +91,32 @@ def word_pair_classes(z: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
+def _masked(m: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, int]:
+    """Mean, unbiased variance (two passes) and count of the entries of ``m`` where ``mask`` holds, accumulated in
+    float64 without gathering them (a V × V matrix at V = 4,000 has 16·10⁶ entries)."""
+    n = int(mask.sum())
+    mean = float(torch.where(mask, m, 0.0).sum(dtype=torch.float64)) / n
+    var = float(torch.where(mask, m - mean, 0.0).square().sum(dtype=torch.float64)) / max(n - 1, 1)
+    return mean, var, n
+
+
 def class_means(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
-    m = matrix.detach().double().cpu()
-    return {f"{prefix}_{name}": float(m[mask.cpu()].mean()) for name, mask in classes.items() if mask.any()}
+    m = matrix.detach()
+    return {f"{prefix}_{name}": _masked(m, mask.to(m.device))[0] for name, mask in classes.items() if mask.any()}
 
 
 def block_effect(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
     """``<prefix>_block_effect``: the same-topic minus different-topic mean of a word-pair matrix, in units of the
     pooled within-class standard deviation of its entries (Cohen's d). Scale-free, so one threshold reads any
     circuit at any width or init scale: a random matrix gives |d| of a few hundredths, a topic-block one d ≫ 1."""
-    m = matrix.detach().double().cpu()
-    same, diff = m[classes["same_topic"].cpu()], m[classes["diff_topic"].cpu()]
-    if len(same) < 2 or len(diff) < 2:
+    m = matrix.detach()
+    (same, v_same, n_same), (diff, v_diff, n_diff) = (
+        _masked(m, classes[k].to(m.device)) for k in ("same_topic", "diff_topic")
+    )
+    if n_same < 2 or n_diff < 2:
         return {}
-    pooled = ((same.var() * (len(same) - 1) + diff.var() * (len(diff) - 1)) / (len(same) + len(diff) - 2)).sqrt()
-    contrast = same.mean() - diff.mean()
-    return {f"{prefix}_block_effect": float(contrast / pooled.clamp_min(1e-300))}  # an exact block matrix: huge
+    pooled = ((v_same * (n_same - 1) + v_diff * (n_diff - 1)) / (n_same + n_diff - 2)) ** 0.5
+    return {f"{prefix}_block_effect": (same - diff) / max(pooled, 1e-300)}  # an exact block matrix: huge
 
 
 def population_value_optimum(data: DataConfig, word_share: float) -> torch.Tensor | None:
