@@ -238,6 +238,13 @@ def test_bench_quick_writes_the_public_keys(tmp_path, monkeypatch):
         standard["same_loss"]
         and standard["speedup"] == standard["toyformer"]["steps_per_s"] / standard["eager"]["steps_per_s"]
     )
+    rows = r["scaling"]["rows"]  # the induction step against the banded model, and the topic model's probe share
+    assert [row["axis"] for row in rows] == ["base", "d"] and rows[0]["step_time_over_base"] == 1.0
+    for row in rows:
+        assert row["speedup_over_banded"] == row["fast"]["steps_per_s"] / row["banded"]["steps_per_s"]
+        assert row["fast"]["plan"]["path"] == "grouped" and row["banded"]["plan"]["path"] == "positions"
+    (topic,) = r["scaling"]["topic"]
+    assert topic["vocabulary"] == 100 and 0 < topic["probe_share"] < 1 and topic["probes"] > 0
     bad = CliRunner().invoke(app, ["bench", "--json", str(tmp_path / "missing" / "b.json")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

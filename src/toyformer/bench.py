@@ -78,6 +78,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
+def in_child(function: str, *args) -> dict:
+    """The JSON a function of this module prints, run in a child process (so that its peak memory is its own)."""
+    code = f"from toyformer.bench import {function}; {function}(*{args!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{function}{args!r} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def write(results: dict, path: Path | None) -> str:
     """The JSON text of ``results`` (also written to ``path``)."""
     text = json.dumps(results, indent=2)
@@ -291,10 +300,11 @@ SCALING = [  # (axis, data keys, model keys) changed from the base: d = 3, H = 3
     *(("M", {}, {"layout": "paper", "window": m}) for m in (3, 5, 8)),
     *(("L", {"length": n}, {}) for n in (50, 200, 400)),
 ]
-QUICK_SCALING = SCALING[:2]
+QUICK_SCALING = [(axis, data | {"sequences": 2000}, model) for axis, data, model in SCALING[:2]]
 
 
 def _scaling_label(data: dict, model: dict) -> str:
+    data = {k: v for k, v in data.items() if k != "sequences"}
     if not data and not model:
         return "d=3, H=3, L=100"
     if "window" in model:
@@ -362,7 +372,51 @@ def scaling(seconds: float, quick: bool = False, progress: Callable[[str], None]
     base = rows[0]["fast"]["steps_per_s"]
     for row in rows:
         row["step_time_over_base"] = None if row["axis"] == "L" else base / row["fast"]["steps_per_s"]
-    return {"recipe": SCALING_BASE, "threads": torch.get_num_threads(), "rows": rows}
+    topic = topic_scaling(seconds, quick, progress)
+    return {"recipe": SCALING_BASE, "threads": torch.get_num_threads(), "rows": rows, "topic": topic}
+
+
+TOPIC_SCALING_BASE = "topic/s3"  # trained attention, one-hot inputs: the width is the vocabulary
+TOPIC_SCALING = [  # (T, v, shortest and longest document): T·v = 100, 1,000 and 4,000 words
+    (t, v, lo, hi) for t, v in ((10, 10), (10, 100), (40, 100)) for lo, hi in ((100, 150), (500, 1000))
+]
+QUICK_TOPIC_SCALING = TOPIC_SCALING[:1]
+
+
+def _topic_scaling_child(seconds: float, topics: int, words: int, low: int, high: int) -> None:
+    """In a child process: one topic/s3 training step's and one probe's seconds at T topics of v words and documents
+    of ``low``..``high`` words, and the probes' share of a default run of the recipe (its steps and its probes); prints
+    JSON. The finite-sample theory is not timed (10 simulated documents)."""
+    sets = [f"data.num_topics={topics}", f"data.words_per_topic={words}", "theory.samples=10"]
+    x = build(load(TOPIC_SCALING_BASE, sets + [f"data.doc_len_min={low}", f"data.doc_len_max={high}"]))
+
+    def step(i: int) -> None:
+        loss = x.loss(x.model, x.batch(i))
+        x.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        x.optimizer.step()
+
+    cpu = torch.device("cpu")
+    steps = rate(step, cpu, seconds, warmup=1)
+    probe = 1.0 / rate(lambda i: x.probe(i, 0.0), cpu, 0.0, warmup=1)
+    total, probes, _ = x.schedule()
+    share = len(probes) * probe / (total / steps + len(probes) * probe)
+    out = {"vocabulary": topics * words, "doc_words": f"{low}-{high}", "step_s": 1.0 / steps, "probe_s": probe}
+    print(
+        json.dumps(
+            out | {"probes": len(probes), "steps": total, "probe_share": share, "peak_memory_mb": peak_memory_mb()}
+        )
+    )
+
+
+def topic_scaling(seconds: float, quick: bool = False, progress: Callable[[str], None] = lambda msg: None) -> list:
+    """The topic model's step and probe as the vocabulary (T·v) and the documents grow, each setting in its own
+    process on this CPU, with the probes' share of a default run."""
+    rows = []
+    for topics, words, low, high in QUICK_TOPIC_SCALING if quick else TOPIC_SCALING:
+        progress(f"topic scaling: T·v = {topics * words}, documents of {low}-{high} words")
+        rows.append(in_child("_topic_scaling_child", seconds, topics, words, low, high))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,10 +579,7 @@ def standard_speed(seconds: float) -> dict:
     recipe, overrides = STANDARD
     out = {"setting": f"{recipe} with {' '.join(overrides)}"}
     for impl in ("toyformer", "eager"):
-        args = f"{impl!r}, {seconds}, {recipe!r}, {overrides!r}"
-        code = f"from toyformer.bench import _standard_child; _standard_child({args})"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        out[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+        out[impl] = in_child("_standard_child", impl, seconds, recipe, overrides)
     out["speedup"] = out["toyformer"]["steps_per_s"] / out["eager"]["steps_per_s"]
     out["same_loss"] = abs(out["toyformer"]["first_loss"] - out["eager"]["first_loss"]) < 1e-4
     return out
