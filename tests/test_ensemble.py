@@ -77,26 +77,26 @@ SETTINGS = {
 }
 
 
-def _same(a, b, rel: float, where) -> None:
-    """Numbers within ``rel`` (float tolerance), everything else equal, through nested dicts and lists."""
+def _same(a, b, rel: float, where, abs_: float = 1e-7) -> None:
+    """Numbers within ``rel`` or ``abs_`` (float tolerance), everything else equal, through nested dicts and lists."""
     if isinstance(b, dict):
         assert a.keys() == b.keys(), where
         for key in b:
-            _same(a[key], b[key], rel, (*where, key))
+            _same(a[key], b[key], rel, (*where, key), abs_)
     elif isinstance(b, list):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, rel, (*where, i))
+            _same(x, y, rel, (*where, i), abs_)
     elif isinstance(b, float) and math.isfinite(b):
-        assert a == pytest.approx(b, rel=rel, abs=1e-7), where
+        assert a == pytest.approx(b, rel=rel, abs=abs_), where
     else:
         assert a == b, where
 
 
-def _close(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
+def _close(a: list[dict], b: list[dict], rel: float = 1e-4, abs_: float = 1e-7) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
-        _same(ra, rb, rel, (ra["step"],))
+        _same(ra, rb, rel, (ra["step"],), abs_)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

@@ -209,8 +209,14 @@ def test_stacked_cells_give_each_member_its_solo_numbers(tmp_path, family):
         for seed in spec.seeds:
             solo = train(tasks.build(member_config(cell.config, seed)), tmp_path / f"solo-{cell.name}-{seed}")
             member = Run(out / "cells" / cell.name / f"seed-{seed}")
-            _close(member.metrics(), solo.metrics())
+            # Members of different cells share one plan over the union of their windows, so a member's content
+            # tables have other shapes than alone and their sums round differently; over the steps Adam's normalised
+            # updates carry that rounding to about 1e-6 in the logits c (|c| ~ 0.1), far below any real difference.
+            _close(member.metrics(), solo.metrics(), abs_=1e-6)
             assert member.summary()["theory"] == solo.summary()["theory"]
+    if family == "induction":  # the block's members share one plan, and each member's meta says so
+        plans = [Run(out / "cells" / c.name / f"seed-{s}").meta()["plan"] for c in grid for s in spec.seeds]
+        assert all(p == plans[0] for p in plans) and plans[0]["shared_by_members"] == 8
     finals = {json.dumps(Run(out / "cells" / c.name / "seed-0").metrics()[-1]["loss_train"]) for c in grid}
     assert len(finals) == 4  # the cells are different settings, not copies
 

@@ -209,6 +209,7 @@ def _train_block(out: Path, spec: SweepConfig, block: Block, on_step: Callable |
         members = [Member(s, x, Run.create(x.cfg, cell_dir(out, c) / f"seed-{s}")) for c, s, x in experiments]
         state.mkdir(parents=True)
         ensemble = Ensemble(members, state, task)
+        ensemble.record_choices()
         start = 0
     ensemble.train(start, on_step)
     summaries = ensemble.finish()

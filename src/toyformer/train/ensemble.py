@@ -27,6 +27,7 @@ from toyformer.claims import all_checks
 from toyformer.report.page import write_run_page
 from toyformer.runs import Run, atomic_save, safe_load
 from toyformer.task import Task
+from toyformer.train.loop import describe
 
 STATE = "ensemble.pt"  # the group's resumable state: stacked parameters, optimizer, guards, running losses
 
@@ -96,6 +97,13 @@ class Ensemble:
         self.diverged_at = torch.full((n,), -1, dtype=torch.long, device=device)
         self.ended = [None] * n  # the step a member's run ended at (diverged or stopped), once known on the host
         self.stopped = [False] * n
+
+    def record_choices(self) -> None:
+        """Write what the stacked step chose (an induction plan's path, say), which every member shares, into each
+        member's meta.json."""
+        choices = describe(self.family)
+        for member in self.members:
+            member.run.update_meta(**choices)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state(self, step: int) -> dict:

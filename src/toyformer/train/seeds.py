@@ -27,7 +27,7 @@ from toyformer.runs import Run, atomic_write, default_dir
 from toyformer.task import Task
 from toyformer.train.ensemble import STATE, Ensemble, Member
 from toyformer.train.figures import write_group_figures
-from toyformer.train.loop import describe, train
+from toyformer.train.loop import train
 
 GROUP = "group.json"  # the group's seeds, its config and whether it is stacked; written before any member
 
@@ -144,8 +144,7 @@ def run_seeds(
     group.write(out)
     members = [Member(s, x, Run.create(x.cfg, out / f"seed-{s}")) for s, x in zip(seeds, experiments, strict=True)]
     ensemble = Ensemble(members, out, task)
-    for member in members:  # the stacked step's choices, which every member shares
-        member.run.update_meta(**describe(ensemble.family))
+    ensemble.record_choices()
     ensemble.train(0, on_step)
     return _finish_stacked(out, cfg, task, ensemble, figures)
 
