@@ -27,14 +27,16 @@ from toyformer.topic.probes import attention_class_means
 # attention class means
 
 
-def _brute_force_classes(pattern, ids, z):
-    """Pooled mean of pattern·n/100 per class over all valid ordered pairs, by explicit loops."""
+def _brute_force_classes(pattern, ids, z, rows=None):
+    """Pooled mean of pattern·n/100 per class over all valid ordered pairs (queries: every valid position, or the
+    valid ones among ``rows`` (B, Lq), the rows of ``pattern``), by explicit loops."""
     sums, counts = {}, {}
     b, n = ids.shape
     for d in range(b):
         valid = [i for i in range(n) if int(ids[d, i]) != PAD]
         scale = len(valid) / 100
-        for i in valid:
+        queries = valid if rows is None else [int(i) for i in rows[d] if int(ids[d, i]) != PAD]
+        for r, i in enumerate(queries):
             for j in valid:
                 ti = {t for t in range(z.shape[1]) if z[ids[d, i], t]}
                 tj = {t for t in range(z.shape[1]) if z[ids[d, j], t]}
@@ -46,7 +48,7 @@ def _brute_force_classes(pattern, ids, z):
                     name = "same_topic"
                 else:
                     name = "diff_topic"
-                row = 0 if pattern.shape[1] == 1 else i
+                row = 0 if pattern.shape[1] == 1 else (i if rows is None else r)
                 sums[name] = sums.get(name, 0.0) + float(pattern[d, row, j]) * scale
                 counts[name] = counts.get(name, 0) + 1
     return {f"attn_{k}": sums[k] / counts[k] for k in sums}, counts
@@ -88,6 +90,27 @@ def test_attention_class_means_brute_force(overlapping_topics, rows):
     assert set(got) == set(expected)
     for k in expected:
         assert got[k] == pytest.approx(expected[k], rel=1e-5), k
+
+
+def test_class_means_at_spread_queries_are_those_rows_brute_force(overlapping_topics):
+    """Long documents are read at evenly spaced query positions: distinct, valid, every position of a short
+    document; the class means over those rows equal the brute force over the same rows."""
+    from toyformer.topic.probes import spread_queries
+
+    z = overlapping_topics
+    ids = _random_documents(generator(9, "attn-rows"), z, b=4, length=30)
+    assert spread_queries(ids, 30) is None  # every document fits: all rows
+    rows = spread_queries(ids, 8)
+    n = (ids != PAD).sum(1)
+    for d in range(len(ids)):
+        picked = rows[d][rows[d] < n[d]]
+        assert len(set(picked.tolist())) == min(8, int(n[d])) and (ids[d, picked] != PAD).all()
+    scores = torch.randn(4, 30, 30, generator=generator(10, "attn-rows")).masked_fill(ids[:, None, :] == PAD, -1e9)
+    pattern = torch.softmax(scores, -1).gather(1, rows[:, :, None].expand(-1, -1, 30))
+    got = attention_class_means(pattern, ids, z, rows)
+    want, _ = _brute_force_classes(pattern, ids, z, rows)
+    assert set(got) == set(want) and all(got[k] == pytest.approx(want[k], rel=1e-5) for k in want)
+    assert got != attention_class_means(torch.softmax(scores, -1), ids, z)  # not the all-rows statistic
 
 
 def test_overlap_makes_topic_sets_intersect(overlapping_topics):

@@ -87,58 +87,83 @@ ATTENTION_KEYS = {
 }
 
 
-def attention_class_means(pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor) -> dict[str, float]:
+def attention_class_means(
+    pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor, query_index: torch.Tensor | None = None
+) -> dict[str, float]:
     """Mean attention per class of ordered token pairs (i, j), i = j included, each value scaled by n/100 (n = the
     document's tokens, all of them keys on the uncorrupted documents this is meant for) so that uniform attention
     reads 0.01.
 
-    pattern: (B, Lq, L) with Lq = L or 1 (every query alike); ids: (B, L) with PAD after the end;
-    id_topics: (V, T) bool. Classes as in ``toyformer.text.pairs``, a token with no topic (a special) in no pair of
-    one word with itself; keys as in ``ATTENTION_KEYS``.
+    pattern: (B, Lq, L), its rows the queries at ``query_index`` (B, Lq) (default: every position, Lq = L), or
+    Lq = 1 (every query alike); ids: (B, L) with PAD after the end; id_topics: (V, T) bool. Classes as in
+    ``toyformer.text.pairs``, a token with no topic (a special) in no pair of one word with itself; keys as in
+    ``ATTENTION_KEYS``. Each class's mean is a masked sum, its entries never gathered.
     """
     b, n = ids.shape
-    pattern = pattern.expand(b, n, n)
-    valid = ids != PAD
-    z = id_topics[ids]  # (B, L, T)
-    has = z.any(-1)
+    queries = ids if query_index is None else ids.gather(1, query_index)
+    pattern = pattern.expand(b, queries.shape[1], n)
+    valid, valid_q = ids != PAD, queries != PAD
+    z, z_q = id_topics[ids], id_topics[queries]  # (B, L, T), (B, Lq, T)
+    has, has_q = z.any(-1), z_q.any(-1)
     scaled = pattern * (valid.sum(1).float()[:, None, None] / 100.0)
-    pair_ok = valid[:, :, None] & valid[:, None, :]
-    same = (ids[:, :, None] == ids[:, None, :]) & has[:, :, None] & has[:, None, :]
+    pair_ok = valid_q[:, :, None] & valid[:, None, :]
+    same = (queries[:, :, None] == ids[:, None, :]) & has_q[:, :, None] & has[:, None, :]
     out = {}
-    for name, mask in pair_classes(z, z, same).items():
+    for name, mask in pair_classes(z_q, z, same).items():
         mask = mask & pair_ok
-        if mask.any():
-            out[f"attn_{ATTENTION_KEYS[name]}"] = float(scaled[mask].mean())
+        count = int(mask.sum())
+        if count:
+            out[f"attn_{ATTENTION_KEYS[name]}"] = float(torch.where(mask, scaled, 0.0).sum(dtype=torch.float64)) / count
     return out
 
 
+QUERY_ROWS = 256  # attention statistics read at most this many query positions of a document, evenly spaced
+
+
+def spread_queries(ids: torch.Tensor, rows: int = QUERY_ROWS) -> torch.Tensor | None:
+    """(B, rows) query positions: every position of a document of at most ``rows`` tokens (the rest PAD, which the
+    statistics leave out), else ``rows`` evenly spaced over its tokens; None where every document fits. The model
+    has no positions, so a document's queries are exchangeable and evenly spaced ones estimate its whole matrix."""
+    if ids.shape[1] <= rows:
+        return None
+    n = (ids != PAD).sum(1, keepdim=True)
+    k = torch.arange(rows, device=ids.device)[None, :]
+    return torch.where(n >= rows, k * n // rows, k)
+
+
 class AttentionClasses:
-    """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents."""
+    """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents, read at up to
+    ``QUERY_ROWS`` queries of each (long documents: the L × L patterns would cost more than the run's steps)."""
 
     def __init__(self, docs: Documents, id_topics: torch.Tensor):
         self.ids = docs.ids
         self.id_topics = id_topics.to(docs.ids.device)
         self.key_bias = torch.zeros(docs.ids.shape, device=docs.ids.device).masked_fill_(docs.ids == PAD, -torch.inf)
+        self.queries = spread_queries(self.ids)
+
+    def _patterns(self, model: TopicTransformer) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each layer's pattern (B, H, Lq, L) with the query positions of its rows (None: every position). The model
+        computes the asked-for rows in its last layer only."""
+        _, patterns = model(self.ids, self.key_bias, self.queries)
+        return [(p, self.queries if k == len(patterns) - 1 else None) for k, p in enumerate(patterns)]
 
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
-        _, patterns = model(self.ids, self.key_bias)
         out = {}
-        for layer, pattern in enumerate(patterns):
+        for layer, (pattern, rows) in enumerate(self._patterns(model)):
             suffix = f"_layer{layer}" if layer else ""
-            means = attention_class_means(pattern.mean(1), self.ids, self.id_topics)
+            means = attention_class_means(pattern.mean(1), self.ids, self.id_topics, rows)
             out |= {k + suffix: v for k, v in means.items()}
         return out
 
     @torch.no_grad()
     def head_gap(self, model: TopicTransformer) -> dict[str, list[float]]:
         """Layer → per-head same-topic minus different-topic attention (the summary's attn_head_gap)."""
-        _, patterns = model(self.ids, self.key_bias)
         out = {}
-        for layer, pattern in enumerate(patterns):
+        for layer, (pattern, rows) in enumerate(self._patterns(model)):
             gaps = []
             for head in range(pattern.shape[1]):
-                m = attention_class_means(pattern[:, head], self.ids, self.id_topics)
+                m = attention_class_means(pattern[:, head], self.ids, self.id_topics, rows)
                 gaps.append(m.get("attn_same_topic", float("nan")) - m.get("attn_diff_topic", float("nan")))
             out[str(layer)] = gaps
         return out
