@@ -145,10 +145,14 @@ def solo(setting: str, device: torch.device):
     return x, step
 
 
-def solo_steps_per_s(setting: str, device: torch.device, seconds: float) -> tuple[float, float]:
-    """Steps/s of one model as a solo run trains it, and the seconds one probe (all of the run's probes) takes."""
+REPEATS = 5  # one model's steps/s is the median of this many timings
+
+
+def solo_steps_per_s(setting: str, device: torch.device, seconds: float) -> tuple[list[float], float]:
+    """Steps/s of one model as a solo run trains it, ``REPEATS`` timings in a row (a shared machine's load moves
+    single timings by 15% or more), and the seconds one probe (all of the run's probes) takes."""
     x, step = solo(setting, device)
-    steps = rate(step, device, seconds)
+    steps = [rate(step, device, seconds) for _ in range(REPEATS)]
     probe = 1.0 / rate(lambda i: x.probe(i, 0.0), device, seconds / 2, warmup=1)
     return steps, probe
 
@@ -236,8 +240,9 @@ def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None
     probes = {}
     for setting in SETTINGS:
         progress(f"{setting}: one model")
-        steps, probe = solo_steps_per_s(setting, dev, seconds)
-        results[f"{setting}_steps_per_s"] = steps
+        repeats, probe = solo_steps_per_s(setting, dev, seconds)
+        steps = sorted(repeats)[len(repeats) // 2]
+        results[f"{setting}_steps_per_s"], results[f"{setting}_steps_per_s_repeats"] = steps, repeats
         probes[setting] = {"probe_s": probe, "step_s": 1.0 / steps, "probe_in_steps": probe * steps}
     results["probe_overhead"] = probes
     sizes = QUICK_MEMBERS if quick else MEMBERS
