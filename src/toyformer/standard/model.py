@@ -67,8 +67,7 @@ class Attention(nn.Module):
         """(..., d_model) → (..., n, H, d_head): the Q, K, V projections (``which`` of them) as one matrix product."""
         w = torch.stack([self.W_Q, self.W_K, self.W_V])[which]  # (n, H, d_model, d_head)
         b = torch.stack([self.b_Q, self.b_K, self.b_V])[which]
-        out = x @ w.permute(2, 0, 1, 3).flatten(1) + b.flatten()  # (..., n·H·d_head)
-        return out.unflatten(-1, b.shape)
+        return _affine(x, w.permute(2, 0, 1, 3).flatten(1), b.flatten()).unflatten(-1, b.shape)  # (..., n, H, d_head)
 
     def forward(self, x: torch.Tensor | None, last: bool = False, qkv: Projections | None = None) -> torch.Tensor:
         """(B, T, d_model) → (B, T, d_model), or (B, 1, d_model) for the last position alone. ``qkv``: the
@@ -100,7 +99,13 @@ class Attention(nn.Module):
             else:
                 z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)
         z = self.hook_z(z.transpose(1, 2))  # (B, Tq, H, d_head)
-        return z.flatten(2) @ self.W_O.flatten(0, 1) + self.b_O
+        return _affine(z.flatten(2), self.W_O.flatten(0, 1), self.b_O)
+
+
+def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x @ w + b with the bias added inside the matrix product (``addmm``): no second pass over, and no second
+    buffer of, an output that at the full batch holds B·T rows."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
 
 
 class MLP(nn.Module):
@@ -193,5 +198,11 @@ class StandardTransformer(Hooked):
             inputs, rows = self.W_E, tokens
         # one gather per projection: their gradients then need no (B, T, 3, ...) buffer to be stacked into
         tables = block.attn.project(block.ln1(inputs)).unbind(1)  # 3 × (rows, H, d_head)
-        qkv = tuple(F.embedding(rows, table.flatten(1)).unflatten(-1, table.shape[1:]) for table in tables)
-        return F.embedding(rows, inputs), qkv  # (B, T, d_model), 3 × (B, T, H, d_head)
+        qkv = tuple(_gather(table.flatten(1), rows).unflatten(-1, table.shape[1:]) for table in tables)
+        return _gather(inputs, rows), qkv  # (B, T, d_model), 3 × (B, T, H, d_head)
+
+
+def _gather(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """table[rows] by ``index_select``, whose gradient is one ``index_add`` (an embedding's sorts its indices
+    first: three times slower on the CPU for a few hundred rows read by B·T positions)."""
+    return table.index_select(0, rows.reshape(-1)).view(*rows.shape, table.shape[-1])
