@@ -234,10 +234,12 @@ def test_bench_quick_writes_the_public_keys(tmp_path, monkeypatch):
     assert r["device"] == "cpu" and set(r["ensemble"]) == {"s2", "e5"}
     assert set(r["ensemble"]["s2"]) == {"1", "2"} and all(v > 0 for v in r["ensemble"]["e5"].values())
     standard = r["standard"]  # both implementations of one model: the same loss from the same weights
-    assert (
-        standard["same_loss"]
-        and standard["speedup"] == standard["toyformer"]["steps_per_s"] / standard["eager"]["steps_per_s"]
-    )
+    assert standard["same_loss"] and standard["repeats"] == 1
+    assert standard["speedup"] == standard["toyformer"]["steps_per_s"] / standard["eager"]["steps_per_s"]
+    same = standard["toyformer"]["steps_per_s"] / standard["eager-reused"]["steps_per_s"]
+    assert standard["speedup_same_allocator"] == r["standard_speedup_same_allocator"] == same
+    code_only = standard["toyformer-system"]["steps_per_s"] / standard["eager"]["steps_per_s"]
+    assert standard["speedup_default_allocator"] == r["standard_speedup_default_allocator"] == code_only
     rows = r["scaling"]["rows"]  # the induction step against the banded model, and the topic model's probe share
     assert [row["axis"] for row in rows] == ["base", "d"] and rows[0]["step_time_over_base"] == 1.0
     for row in rows:

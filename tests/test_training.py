@@ -1,5 +1,10 @@
 """Trained models against the theory's prediction, in settings small enough for the default suite."""
 
+import os
+import resource
+import subprocess
+import sys
+
 import pytest
 
 from toyformer import tasks
@@ -50,3 +55,42 @@ def test_frozen_components_do_not_move(tmp_path):
     final, _ = _final(tmp_path, "topic/s3", ["train.steps=20"])
     assert "dist_value" not in final and "dist_embedding" not in final  # frozen: not among the trained groups
     assert final["wv_same_topic"] == 1.0 and final["wv_diff_topic"] == 0.0  # W^V stays the 0/1 topic-block matrix
+
+
+STEPS = """
+import resource, sys, torch
+from toyformer.train.memory import release_freed_memory, reuse_freed_memory
+assert reuse_freed_memory() == (sys.argv[1] == "reuse")
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():  # a training step's pattern: activations of 48 MiB, each kept for the next, all freed at the end
+    a = torch.ones(48 << 20, dtype=torch.uint8)
+    b = a + 1
+    return int((b * 2)[0])
+counts = []
+for i in range(8):
+    before = faults()
+    step()
+    counts.append(faults() - before)
+    if i == 3:
+        release_freed_memory()  # as at a probe step: the next step maps its buffers again, once
+print(*counts)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_buffers_are_reused_from_step_to_step():
+    """With ``reuse_freed_memory`` a step's large buffers come back without page faults by the fourth step (until
+    ``release_freed_memory`` returns them); by default every step maps and zeroes its 3 × 48 MiB afresh. Each mode
+    in its own process (the setting is per process; TOYFORMER_MALLOC=system keeps the default)."""
+    pages = 3 * (48 << 20) // resource.getpagesize()
+    counts = {}
+    for mode, env in (("default", {"TOYFORMER_MALLOC": "system"}), ("reuse", {})):
+        out = subprocess.run(
+            [sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True, env=os.environ | env
+        )
+        counts[mode] = [int(n) for n in out.stdout.split()]
+    assert all(n > 0.9 * pages for n in counts["default"]), counts
+    reuse = counts["reuse"]
+    assert reuse[0] > 0.9 * pages and reuse[3] < pages / 50 and max(reuse[6:]) < pages / 50, counts
+    assert reuse[4] > pages / 4, counts  # released at step 3: mapped again once

@@ -286,8 +286,11 @@ def run(device: str = "cpu", quick: bool = False, progress: Callable[[str], None
         results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     if dev.type == "cpu":
         progress("standard transformer against the eager reference")
-        results["standard"] = standard_speed(3.0 if quick else 30.0)  # the eager reference takes ~10 s a step
+        # the eager reference takes ~10 s a step
+        results["standard"] = standard_speed(3.0, 1) if quick else standard_speed(30.0, 3)
         results["standard_speedup"] = results["standard"]["speedup"]
+        for key in ("speedup_default_allocator", "speedup_same_allocator"):
+            results[f"standard_{key}"] = results["standard"][key]
     if dev.type == "cpu":
         results["scaling"] = scaling(0.5 if quick else 3.0, quick, progress)
     results["peak_memory_mb"] = peak_memory_mb()
@@ -552,18 +555,23 @@ class EagerGPT(torch.nn.Module):
 
 def _standard_child(impl: str, seconds: float, recipe: str, overrides: list[str]) -> None:
     """In a child process (so that its peak memory is its own): steps/s of one implementation on the grid-base
-    chains, full batch, the loss at x_{L+1}; prints JSON."""
+    chains, full batch, the loss at x_{L+1}; prints JSON. "toyformer" runs as ``toyformer run`` does (with freed
+    memory reused, ``toyformer.train.memory``), "eager" as a plain script does (the default allocator); the
+    "-system" and "-reused" variants swap the allocator, so that the code alone is compared too."""
     import torch.nn.functional as F
 
     from toyformer.standard.experiment import sequence_loss
+    from toyformer.train.memory import reuse_freed_memory
 
+    if impl in ("toyformer", "eager-reused"):
+        reuse_freed_memory()
     x = build(load(recipe, overrides))
     tokens = x.batch(0)
-    model = x.model if impl == "toyformer" else EagerGPT(x.model)
+    model = x.model if impl.startswith("toyformer") else EagerGPT(x.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def loss() -> torch.Tensor:
-        if impl == "toyformer":
+        if impl.startswith("toyformer"):
             return sequence_loss(model, tokens, "last")
         return F.cross_entropy(model(tokens[:, :-1])[:, -1], tokens[:, -1])
 
@@ -578,13 +586,26 @@ def _standard_child(impl: str, seconds: float, recipe: str, overrides: list[str]
     print(json.dumps({"steps_per_s": steps, "peak_memory_mb": peak_memory_mb(), "first_loss": first}))
 
 
-def standard_speed(seconds: float) -> dict:
+def standard_speed(seconds: float, repeats: int = 1) -> dict:
     """The standard transformer's training step (fused attention, the last block at the last position only) against
-    the eager nanoGPT-like model with the same weights, each in its own process on this CPU."""
+    the eager nanoGPT-like model with the same weights, each in its own process on this CPU. "speedup": toyformer as
+    its runs go (freed memory reused) against the reference as a plain script runs (the default allocator); the code
+    alone: both with the default allocator ("speedup_default_allocator", toyformer under TOYFORMER_MALLOC=system)
+    and both with freed memory reused ("speedup_same_allocator"). With ``repeats``, the four are timed in turn that
+    many times and each speed is the median (the machine's speed drifts between processes by up to a quarter)."""
     recipe, overrides = STANDARD
-    out = {"setting": f"{recipe} with {' '.join(overrides)}"}
-    for impl in ("toyformer", "eager"):
-        out[impl] = in_child("_standard_child", impl, seconds, recipe, overrides)
+    impls = ("toyformer", "eager", "toyformer-system", "eager-reused")
+    times: dict[str, list[dict]] = {impl: [] for impl in impls}
+    for _ in range(repeats):
+        for impl in impls:
+            times[impl].append(in_child("_standard_child", impl, seconds, recipe, overrides))
+    out: dict = {"setting": f"{recipe} with {' '.join(overrides)}", "repeats": repeats}
+    for impl, runs in times.items():
+        speeds = sorted(r["steps_per_s"] for r in runs)
+        out[impl] = runs[0] | {"steps_per_s": speeds[len(speeds) // 2], "each_steps_per_s": speeds}
+        out[impl]["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
     out["speedup"] = out["toyformer"]["steps_per_s"] / out["eager"]["steps_per_s"]
-    out["same_loss"] = abs(out["toyformer"]["first_loss"] - out["eager"]["first_loss"]) < 1e-4
+    out["speedup_default_allocator"] = out["toyformer-system"]["steps_per_s"] / out["eager"]["steps_per_s"]
+    out["speedup_same_allocator"] = out["toyformer"]["steps_per_s"] / out["eager-reused"]["steps_per_s"]
+    out["same_loss"] = max(abs(out["toyformer"]["first_loss"] - out[i]["first_loss"]) for i in impls) < 1e-4
     return out

@@ -28,6 +28,7 @@ from toyformer.report.page import write_run_page
 from toyformer.runs import Run, atomic_save, safe_load
 from toyformer.task import Task
 from toyformer.train.loop import describe
+from toyformer.train.memory import release_freed_memory, reuse_freed_memory
 
 STATE = "ensemble.pt"  # the group's resumable state: stacked parameters, optimizer, guards, running losses
 
@@ -139,18 +140,23 @@ class Ensemble:
 
     # -- training ------------------------------------------------------------------------------------------------
     def train(self, start: int = 0, on_step: Callable[[int, list[dict]], None] | None = None) -> None:
+        reuse_freed_memory()
         probe_at, checkpoint_at = set(self.probe_steps), set(self.checkpoint_steps)
         if start == 0:
             self.save(0)
         for step in range(start, self.steps + 1):
             grads = self.gradients(step)
-            records = self._probe(step) if step in probe_at else []
+            records = []
+            if step in probe_at:
+                records = self._probe(step)
+                release_freed_memory()  # log-spaced: the holes reuse leaves cannot pile up over a run
             if step < self.steps:
                 self.update(grads)
                 if step + 1 in checkpoint_at:
                     self.save(step + 1)
             if on_step is not None:
                 on_step(step, records)
+        release_freed_memory()
 
     def gradients(self, step: int) -> list[torch.Tensor]:
         """Every member's loss on its batch of ``step`` and its gradient; marks members whose loss or gradient is

@@ -19,6 +19,7 @@ import torch
 from toyformer.config import ConfigError
 from toyformer.report.page import write_run_page
 from toyformer.runs import Run
+from toyformer.train.memory import release_freed_memory, reuse_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,6 +90,7 @@ class Loop:
                 record = self.probe(step, mean_loss)
                 self.run.append_metrics(record)
                 self.run.add_matrices(step, self.matrices())
+                release_freed_memory()  # log-spaced: the holes reuse leaves cannot pile up over a run
                 loss_sum.zero_()
                 self.running[1] = 0
                 if self.stop_loss is not None and mean_loss <= self.stop_loss:
@@ -138,6 +140,7 @@ def train(
 ) -> Run:
     """Train an experiment into a new run directory (or continue ``resume``), then write its figures, its report
     page and its summary."""
+    reuse_freed_memory()
     run = resume or Run.create(experiment.cfg, out)
     if resume is None:
         run.update_meta(**describe(experiment))
@@ -165,6 +168,7 @@ def train(
         else:
             start = loop.restore(state)
     stopped = loop(start)
+    release_freed_memory()
     summary = experiment.summary(run)
     if stopped is not None:
         summary["stopped_at_step"] = stopped
