@@ -94,3 +94,16 @@ def test_freed_buffers_are_reused_from_step_to_step():
     reuse = counts["reuse"]
     assert reuse[0] > 0.9 * pages and reuse[3] < pages / 50 and max(reuse[6:]) < pages / 50, counts
     assert reuse[4] > pages / 4, counts  # released at step 3: mapped again once
+
+
+def test_an_unknown_allocator_mode_is_a_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from toyformer.cli import app
+
+    env = {"TOYFORMER_MALLOC": "sytem"}
+    result = CliRunner().invoke(
+        app, ["run", "topic/s3", "--set", "train.steps=2", "--out", str(tmp_path / "r")], env=env
+    )
+    assert result.exit_code == 2 and "TOYFORMER_MALLOC='sytem': use system" in result.output
+    assert not (tmp_path / "r").exists()  # nothing half-written

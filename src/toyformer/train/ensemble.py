@@ -149,7 +149,7 @@ class Ensemble:
             records = []
             if step in probe_at:
                 records = self._probe(step)
-                release_freed_memory()  # log-spaced: the holes reuse leaves cannot pile up over a run
+                release_freed_memory()  # log-spaced: the holes reuse leaves do not pile up over a run
             if step < self.steps:
                 self.update(grads)
                 if step + 1 in checkpoint_at:

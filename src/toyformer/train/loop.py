@@ -90,7 +90,7 @@ class Loop:
                 record = self.probe(step, mean_loss)
                 self.run.append_metrics(record)
                 self.run.add_matrices(step, self.matrices())
-                release_freed_memory()  # log-spaced: the holes reuse leaves cannot pile up over a run
+                release_freed_memory()  # log-spaced: the holes reuse leaves do not pile up over a run
                 loss_sum.zero_()
                 self.running[1] = 0
                 if self.stop_loss is not None and mean_loss <= self.stop_loss:

@@ -8,8 +8,8 @@ keep what is freed there (``mallopt``), so the next step finds its buffers mappe
 
 The cost is memory: the heap keeps its peak, and reuse leaves holes, so the process holds more than the default
 allocator's peak (about 1.65× on that step). ``release_freed_memory`` hands the heap's free pages back
-(``malloc_trim``); the loops call it at probe steps and at the end of training, so holes cannot pile up over a run.
-``TOYFORMER_MALLOC=system`` in the environment keeps the default allocator. Off Linux or glibc both do nothing.
+(``malloc_trim``); the loops call it at probe steps and at the end of training, so holes do not pile up over a run.
+``TOYFORMER_MALLOC=system`` in the environment keeps the default allocator (``reuse``, the default, or unset: reuse). Off Linux or glibc both do nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+from toyformer.config import ConfigError
 
 M_TRIM_THRESHOLD = -1  # free memory at the heap's top kept rather than returned to the system
 M_MMAP_MAX = -4  # most blocks served by their own mmap at once; 0: none, every block comes from the heap
@@ -42,7 +44,10 @@ def reuse_freed_memory() -> bool:
     """Set malloc, once per process, to keep freed blocks for reuse (unless ``TOYFORMER_MALLOC=system``); whether
     it is in effect."""
     global _libc
-    if _libc is None and os.environ.get(ENV, "") != "system" and (libc := _glibc()) is not None:
+    mode = os.environ.get(ENV, "reuse") or "reuse"
+    if mode not in ("reuse", "system"):
+        raise ConfigError(f"{ENV}={mode!r}: use system (the default allocator) or reuse (keep freed memory)")
+    if _libc is None and mode == "reuse" and (libc := _glibc()) is not None:
         if libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, KEEP):
             _libc = libc
     return _libc is not None
