@@ -9,7 +9,8 @@ keep what is freed there (``mallopt``), so the next step finds its buffers mappe
 The cost is memory: the heap keeps its peak, and reuse leaves holes, so the process holds more than the default
 allocator's peak (about 1.65× on that step). ``release_freed_memory`` hands the heap's free pages back
 (``malloc_trim``); the loops call it at probe steps and at the end of training, so holes do not pile up over a run.
-``TOYFORMER_MALLOC=system`` in the environment keeps the default allocator (``reuse``, the default, or unset: reuse). Off Linux or glibc both do nothing.
+``TOYFORMER_MALLOC=system`` in the environment keeps the default allocator (``reuse``, or unset, reuses). Off Linux or
+glibc both do nothing.
 """
 
 from __future__ import annotations
