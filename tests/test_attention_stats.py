@@ -21,7 +21,8 @@ from toyformer.topic.config import END, MASK, NUM_SPECIALS, PAD, START, DataConf
 from toyformer.topic.experiment import build_model
 from toyformer.topic.lda import id_topics, sample_documents
 from toyformer.topic.masking import corrupt
-from toyformer.topic.probes import attention_class_means
+from toyformer.topic.probes import CircuitStructure, attention_class_means
+from toyformer.topic.theory import word_pair_classes
 
 # --------------------------------------------------------------------------------------------------------------
 # attention class means
@@ -262,13 +263,16 @@ def inputs():
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("bias", ["mask", "weighted"])
 @pytest.mark.parametrize("mixing", ["auto", "histogram", "gather", "inputs"])
-def test_fast_path_equals_plain_attention(name, bias, mixing, inputs, monkeypatch):
+@pytest.mark.parametrize("scoring", ["auto", "pairs", "vectors"])
+def test_fast_path_equals_plain_attention(name, bias, mixing, scoring, inputs, monkeypatch):
     """Every model against the attention written out, with layer 0 mixing its values each of the three ways (where
-    it reads an embedding table) and by the cheapest; the frozen one-hot (W_E = I) and identity-output shortcuts of
-    the presets included."""
+    it reads an embedding table) and scoring its pairs each of the two ways, and by the cheapest; the frozen one-hot
+    (W_E = I) and identity-output shortcuts of the presets included, and regime C's distinct value rows."""
     if mixing != "auto":
-        forced = lambda self, table, length, queries: "inputs" if table is None or length == 1 else mixing  # noqa: E731
+        forced = lambda self, table, length, *rest: "inputs" if table is None or length == 1 else mixing  # noqa: E731
         monkeypatch.setattr("toyformer.topic.model.Attention.mixing", forced)
+    if scoring != "auto":
+        monkeypatch.setattr("toyformer.topic.model.Attention.scoring", lambda self, *sizes: scoring)
     data, batch = inputs
     cfg = validate({"model": MODELS[name], "data": data})
     model = build_model(cfg)
@@ -312,6 +316,77 @@ def test_fast_path_equals_plain_attention(name, bias, mixing, inputs, monkeypatc
         assert torch.allclose(patterns_q[-1].double().expand_as(picked_pattern), picked_pattern, atol=2e-5)
 
 
+def _regime_c(inputs, seed: int = 4):
+    """A regime-C model (one-hot W_E, frozen topic-block W^V) with O(1) attention scores."""
+    data, batch = inputs
+    model = build_model(validate({"model": {"preset": "C"}, "data": data}))
+    gen = generator(seed, "regime-c")
+    with torch.no_grad():
+        for w in (model.blocks[0].attn.W_Q, model.blocks[0].attn.W_K):
+            w.copy_(3.0 * torch.randn(w.shape, generator=gen) / math.sqrt(w.shape[-2]))
+    return model, batch
+
+
+@pytest.mark.parametrize("scoring", ["pairs", "vectors"])
+@pytest.mark.parametrize("mixing", ["histogram", "gather", "inputs"])
+def test_regime_c_paths_give_the_literal_values_and_gradients(scoring, mixing, inputs, monkeypatch):
+    """Regime C mixes its values over the topic-block W^V's few distinct rows: every way of scoring and mixing gives
+    the written-out model's logits and its gradients for the trained W_Q and W_K."""
+    monkeypatch.setattr("toyformer.topic.model.Attention.mixing", lambda self, *args: mixing)
+    monkeypatch.setattr("toyformer.topic.model.Attention.scoring", lambda self, *sizes: scoring)
+    model, batch = _regime_c(inputs)
+    attn = model.blocks[0].attn
+    rows, row_of = attn.distinct_values(model.W_E)
+    assert rows.shape[1] == 11  # ten topics' rows and the specials' zero row, of 104 ids
+    assert torch.equal(rows[:, row_of], attn.W_V)
+    b, n = batch.ids.shape
+    index = torch.randint(0, n, (b, 5), generator=generator(6, "q"))
+    weights = torch.randn(b, 5, num_ids(DataConfig()), generator=generator(7, "w"))
+
+    logits, _ = model(batch.ids, batch.key_bias, index)
+    grads = torch.autograd.grad((logits * weights).sum(), [attn.W_Q, attn.W_K])
+    with torch.enable_grad():
+        expected = _reference.__wrapped__(model, batch.ids, batch.key_bias)[0]
+        expected = expected.gather(1, index[..., None].expand(-1, -1, expected.shape[-1]))
+        expected_grads = torch.autograd.grad((expected * weights.double()).sum(), [attn.W_Q, attn.W_K])
+    assert torch.allclose(logits.double(), expected, atol=2e-5, rtol=1e-4)
+    for got, ref in zip(grads, expected_grads, strict=True):
+        assert float(ref.abs().max()) > 1e-3  # the gradients compared are not zeros
+        assert torch.allclose(got.double(), ref.double(), atol=1e-5 * float(ref.abs().max()), rtol=1e-4)
+
+
+def test_a_frozen_w_v_edited_in_place_is_read_again(inputs):
+    """The distinct value rows are found again when the frozen W^V changes, even by an edit autograd never sees
+    (``.data``); under ``unchanged()`` they are kept as found, as documented, and found again after it."""
+    model, batch = _regime_c(inputs)
+    attn = model.blocks[0].attn
+    before, _ = model(batch.ids, batch.key_bias)
+    attn.W_V.data[:, NUM_SPECIALS:, NUM_SPECIALS:] *= 2.0  # every word's value row doubled
+    after, _ = model(batch.ids, batch.key_bias)
+    expected, _ = _reference(model, batch.ids, batch.key_bias)
+    assert torch.allclose(after.double(), expected, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(after, before, atol=1e-3)
+    with model.unchanged():
+        inside, _ = model(batch.ids, batch.key_bias)
+        attn.W_V.data[:, NUM_SPECIALS:, NUM_SPECIALS:] /= 2.0
+        kept, _ = model(batch.ids, batch.key_bias)
+    assert torch.equal(inside, kept)
+    assert torch.allclose(model(batch.ids, batch.key_bias)[0], before, atol=1e-6)
+
+
+def test_circuit_reads_of_frozen_weights_follow_an_edit(inputs):
+    """A circuit read of frozen weights is given again while they are equal to what it was read from, and read again
+    once they differ (here by an edit autograd never sees)."""
+    model, _ = _regime_c(inputs)
+    probe = CircuitStructure(word_pair_classes(id_topics(DataConfig())))
+    first = probe.measure(model)
+    assert probe.measure(model) == first
+    model.blocks[0].attn.W_V.data[:, NUM_SPECIALS : NUM_SPECIALS + 10, NUM_SPECIALS + 10 :] += 1.0  # topic 0 leaks
+    edited = probe.measure(model)
+    assert edited["wv_diff_topic"] > first["wv_diff_topic"] + 0.01
+    assert edited["qk_same_topic"] == first["qk_same_topic"]  # the trained QK read is unchanged: same weights
+
+
 @pytest.mark.parametrize("preset,identity", [("B", True), ("C", True), ("D", True), ("A", False)])
 def test_frozen_onehot_embedding_is_the_identity_the_shortcut_assumes(preset, identity):
     """The shortcut W_E·W = W holds exactly when W_E is a frozen identity: one-hot and frozen, never trained."""
@@ -330,7 +405,7 @@ def test_frozen_onehot_embedding_is_the_identity_the_shortcut_assumes(preset, id
 def test_circuits_equal_their_written_out_products(name):
     """The OV and QK circuits, which skip identity factors, against W_E · Π_l Σ_h W_V W_O · W_U and W_E W_Q W_Kᵀ
     W_Eᵀ / H multiplied out."""
-    from toyformer.topic.probes import CircuitStructure, ov_circuit, qk_circuit
+    from toyformer.topic.probes import ov_circuit, qk_circuit
 
     model = build_model(validate({"model": MODELS[name]}))
     _randomise(model, generator(7, name))
@@ -348,8 +423,9 @@ def test_circuits_equal_their_written_out_products(name):
             qk = table @ torch.einsum("hde,hfe->df", attn.W_Q.double(), attn.W_K.double()) @ table.T / attn.W_Q.shape[0]
             torch.testing.assert_close(qk_circuit(model).double(), qk, rtol=1e-4, atol=2e-5 * float(qk.abs().max()))
         n = len(table)
-        same = torch.rand(n, n, generator=generator(8, "classes")) < 0.3
-        classes = {"same_word": torch.eye(n, dtype=torch.bool), "same_topic": same, "diff_topic": ~same}
+        eye = torch.eye(n, dtype=torch.bool)
+        same = (torch.rand(n, n, generator=generator(8, "classes")) < 0.3) & ~eye
+        classes = {"same_word": eye, "same_topic": same, "diff_topic": ~same & ~eye}  # disjoint, as pair classes are
         out = CircuitStructure(classes).measure(model)
         unit = table / table.norm(dim=1, keepdim=True)
         assert out["emb_same_word"] == pytest.approx(float((table @ table.T).diagonal().mean()), rel=1e-5)

@@ -22,6 +22,9 @@ TOPIC_SMALL = ["data.train_docs=400", "data.dev_docs=40", "theory.samples=50", "
 SETTINGS = {
     # uniform attention, fixed documents with static masks: the stacked-gather batch path
     "s2": ("topic/s2", TOPIC_SMALL + ["train.steps=12"]),
+    # regime C: trained attention over a frozen topic-block W^V, whose few distinct value rows a solo model mixes
+    # (members inside vmap mix their own W^V's rows)
+    "s3": ("topic/s3", TOPIC_SMALL + ["train.steps=10"]),
     # trained attention, masks redrawn every step, two layers with LayerNorm and FFN: member batches stacked
     "two-layer": ("topic/s5-two-layer", TOPIC_SMALL + ["train.steps=8", "masking.static=false"]),
     # the induction model, full batch: one plan over all members' chains

@@ -103,8 +103,9 @@ class TopicExperiment:
 
     def probe(self, step: int, loss_train: float) -> dict:
         record = {"step": step, "loss_train": loss_train}
-        for p in self.probes:
-            record |= p.measure(self.model)
+        with self.model.unchanged():
+            for p in self.probes:
+                record |= p.measure(self.model)
         return record
 
     def matrices(self) -> dict:

@@ -22,6 +22,7 @@ V³ and B·L·V² multiply-adds per step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from toyformer.topic.config import ModelConfig
+
+GATHER = 16  # a gathered element of a large table, priced in multiply-adds (2 CPU cores: ~1 ns against ~0.03 ns)
 
 GROUP_OF = {
     "W_E": "embedding",
@@ -97,21 +100,58 @@ class Attention(nn.Module):
         else:
             self.W_O = nn.Parameter(init((h, d_head, d_model), cfg.output_init, h * d_head))
         self.identity_table = False  # set by the model: layer 0's embedding table is a frozen identity
+        self._distinct: tuple | None = None  # see distinct_values
+        self.unchanged: dict | None = None  # tables kept without checks while weights cannot change (see unchanged)
 
-    def mixing(self, table: torch.Tensor | None, length: int, queries: int) -> str:
+    def mixing(self, table: torch.Tensor | None, length: int, queries: int, rows: int | None = None) -> str:
         """How layer 0 mixes its values for ``queries`` queries over ``length`` keys: "histogram" (attention scattered
-        onto the V ids, times W_E·W^V), "gather" (W_E·W^V's rows at the keys' ids, weighted) or "inputs" (the mixed
-        inputs, then W^V; the only way without an embedding table). The cheapest by multiply-adds per query and head,
-        a gathered element priced as four."""
+        onto the ``rows`` distinct rows of W_E·W^V, default one per id, times those rows), "gather" (W_E·W^V's rows at
+        the keys' ids, weighted) or "inputs" (the mixed inputs, then W^V; the only way without an embedding table).
+        The cheapest by multiply-adds per query and head, a gathered element priced as four."""
         if table is None or length == 1:
             return "inputs"
         (v, d), e = table.shape, self.d_head
         costs = {
-            "histogram": length + v * e,
+            "histogram": length + (rows or v) * e,
             "gather": length * e + 4 * length * e / queries,
             "inputs": length * d + d * e + 4 * length * d / queries,
         }
         return min(costs, key=costs.get)
+
+    def scoring(self, vocab: int, queries: int, keys: int, pairs: int) -> str:
+        """How layer 0 scores ``queries`` query rows against ``keys`` key rows in ``pairs`` (query, key) pairs, per
+        head: "pairs" (the V × V table (W_E W^Q)(W_E W^K)ᵀ read at each pair's two ids) or "vectors" (W_E W^Q and
+        W_E W^K gathered at the ids, then multiplied). The cheapest by multiply-adds, a gathered element priced as
+        ``GATHER``: a dev set of 1,000 documents at V = 1,000 reads its pairs from the table, a training batch of 40
+        multiplies vectors."""
+        e = self.d_head
+        costs = {"pairs": vocab * vocab * e + GATHER * pairs, "vectors": GATHER * (queries + keys) * e + pairs * e}
+        return min(costs, key=costs.get)
+
+    def distinct_values(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """W_E·W^V's distinct rows (H, C, d_head) and each id's row (V,), where no gradient flows into either (regime
+        C's one-hot W_E and topic-block W^V: T + 4 distinct rows of V); None elsewhere, and inside a stacked
+        ensemble's vmap (each member's own W^V). Found once and kept while W^V and W_E equal the copies they were
+        found from (checked exactly, each call: one pass over them)."""
+        if self.W_V.requires_grad or table.requires_grad or not isinstance(self.W_V, nn.Parameter):
+            return None
+        if self.unchanged is None:
+            return self._distinct_rows(table)
+        if "values" not in self.unchanged:
+            self.unchanged["values"] = self._distinct_rows(table)
+        return self.unchanged["values"]
+
+    def _distinct_rows(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._distinct is not None:
+            (w_v, w_e), found = self._distinct
+            alike = all(a.shape == b.shape and a.device == b.device for a, b in ((w_v, self.W_V), (w_e, table)))
+            if alike and torch.equal(w_v, self.W_V) and torch.equal(w_e, table):
+                return found
+        values = self.through(table, self.W_V)  # (H, V, d_head)
+        rows, inverse = torch.unique(values.transpose(0, 1).flatten(1), dim=0, return_inverse=True)
+        found = (rows.unflatten(1, values.shape[::2]).transpose(0, 1).contiguous(), inverse)
+        self._distinct = ((self.W_V.detach().clone(), table.detach().clone()), found)
+        return found
 
     def queries(self, length: int, query_index: torch.Tensor | None) -> int:
         """The query rows attention computes: one for uniform attention (every query alike), else those asked for."""
@@ -140,10 +180,17 @@ class Attention(nn.Module):
         """α, (B, H, Lq, L): Lq = 1 for uniform attention (the same row for every query)."""
         if self.uniform:
             return torch.softmax(key_bias, dim=-1)[:, None, None, :].expand(-1, self.W_V.shape[0], -1, -1)
-        q = self.project(xq, self.W_Q, table, qids)  # (B, H, Lq, d_head)
-        k = self.project(x, self.W_K, table, ids)  # (B, H, L, d_head)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head) + key_bias[:, None, None, :]
-        return torch.softmax(scores, dim=-1)
+        if table is not None and self.scoring(len(table), qids.numel(), ids.numel(), qids.numel() * ids.shape[1]) == (
+            "pairs"
+        ):
+            table_qk = torch.einsum("hve,hwe->hvw", self.through(table, self.W_Q), self.through(table, self.W_K))
+            pair = qids[:, :, None] * len(table) + ids[:, None, :]  # (B, Lq, L): the flat index of (query id, key id)
+            scores = table_qk.flatten(1).index_select(1, pair.flatten()).unflatten(1, pair.shape).transpose(0, 1)
+        else:
+            q = self.project(xq, self.W_Q, table, qids)  # (B, H, Lq, d_head)
+            k = self.project(x, self.W_K, table, ids)  # (B, H, L, d_head)
+            scores = q @ k.transpose(-1, -2)
+        return torch.softmax(scores / math.sqrt(self.d_head) + key_bias[:, None, None, :], dim=-1)
 
     def forward(
         self,
@@ -164,8 +211,14 @@ class Attention(nn.Module):
             xq = None if x is None else x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
             qids = None if ids is None else ids.gather(1, query_index)
         pattern = self.pattern(xq, x, key_bias, table, ids, qids)
-        mixing = self.mixing(table, length, self.queries(length, query_index))
-        if mixing == "gather":  # the values W_E·W^V at each key's id, weighted: B·L·d_head per query and head
+        distinct = None if table is None or length == 1 else self.distinct_values(table)
+        rows = None if distinct is None else distinct[0].shape[1]
+        mixing = self.mixing(table, length, self.queries(length, query_index), rows)
+        if mixing == "histogram" and distinct is not None:  # α scattered onto the C distinct value rows
+            values, row_of = distinct
+            bins = pattern.new_zeros(*pattern.shape[:-1], rows)
+            z = bins.scatter_add(-1, row_of[ids][:, None, None, :].expand_as(pattern), pattern) @ values[None]
+        elif mixing == "gather":  # the values W_E·W^V at each key's id, weighted: B·L·d_head per query and head
             z = pattern @ self.project(None, self.W_V, table, ids)
         elif mixing == "histogram":
             # α·W_E[ids] = (α scattered onto ids)·W_E: a (B, H, Lq, V) histogram, then one small product.
@@ -235,6 +288,18 @@ class TopicTransformer(nn.Module):
         for name, p in self.named_parameters():
             if param_group(name) in cfg.freeze:
                 p.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def unchanged(self):
+        """A block in which the weights do not change (a probe reading the model): layer 0's tables derived from
+        frozen weights are found once, not checked against the weights at every forward pass (at V = 4,000 the
+        check is two passes over 16·10⁶ entries, more than a small dev-set forward pass)."""
+        attn = self.blocks[0].attn
+        attn.unchanged = {}
+        try:
+            yield self
+        finally:
+            attn.unchanged = None
 
     @property
     def position_independent(self) -> bool:

@@ -91,28 +91,54 @@ def word_pair_classes(z: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def _masked(m: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, int]:
-    """Mean, unbiased variance (two passes) and count of the entries of ``m`` where ``mask`` holds, accumulated in
-    float64 without gathering them (a V × V matrix at V = 4,000 has 16·10⁶ entries)."""
-    n = int(mask.sum())
-    mean = float(torch.where(mask, m, 0.0).sum(dtype=torch.float64)) / n
-    var = float(torch.where(mask, m - mean, 0.0).square().sum(dtype=torch.float64)) / max(n - 1, 1)
-    return mean, var, n
+class PairStats:
+    """Word-pair classes (disjoint masks, as ``word_pair_classes`` gives them) held as one label per pair, so that a
+    matrix's count, mean and unbiased variance in every class take two passes over it in float64 (a V × V matrix at
+    V = 4,000 has 16·10⁶ entries), not two per class. Empty classes are left out."""
+
+    def __init__(self, classes: dict[str, torch.Tensor]):
+        self.names = [name for name, mask in classes.items() if mask.any()]
+        first = next(iter(classes.values()))
+        labels = torch.full(first.shape, len(self.names), dtype=torch.long, device=first.device)
+        for k, name in enumerate(self.names):
+            mask = classes[name].to(first.device)
+            if (labels[mask] != len(self.names)).any():
+                raise ValueError(f"pair class {name!r} overlaps an earlier class: the classes must be disjoint")
+            labels[mask] = k
+        self.labels = labels.flatten()
+        self.counts = torch.bincount(self.labels, minlength=len(self.names) + 1).double()
+
+    def __call__(self, matrix: torch.Tensor) -> dict[str, tuple[float, float, int]]:
+        """Class → (mean, unbiased variance, count) of ``matrix``'s entries."""
+        k, labels = len(self.names), self.labels.to(matrix.device)
+        flat = matrix.detach().flatten().double()
+        counts = self.counts.to(flat.device)
+        means = torch.bincount(labels, weights=flat, minlength=k + 1) / counts.clamp_min(1)
+        squares = torch.bincount(labels, weights=(flat - means[labels]).square_(), minlength=k + 1)
+        var = squares / (counts - 1).clamp_min(1)
+        return {name: (float(means[i]), float(var[i]), int(counts[i])) for i, name in enumerate(self.names)}
 
 
-def class_means(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
-    m = matrix.detach()
-    return {f"{prefix}_{name}": _masked(m, mask.to(m.device))[0] for name, mask in classes.items() if mask.any()}
+def _pair_stats(classes: dict[str, torch.Tensor] | PairStats) -> PairStats:
+    return classes if isinstance(classes, PairStats) else PairStats(classes)
 
 
-def block_effect(matrix: torch.Tensor, classes: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
+def class_means(matrix: torch.Tensor, classes: dict[str, torch.Tensor] | PairStats, prefix: str) -> dict[str, float]:
+    return {f"{prefix}_{name}": s[0] for name, s in _pair_stats(classes)(matrix).items()}
+
+
+def block_effect(matrix: torch.Tensor, classes: dict[str, torch.Tensor] | PairStats, prefix: str) -> dict[str, float]:
     """``<prefix>_block_effect``: the same-topic minus different-topic mean of a word-pair matrix, in units of the
     pooled within-class standard deviation of its entries (Cohen's d). Scale-free, so one threshold reads any
     circuit at any width or init scale: a random matrix gives |d| of a few hundredths, a topic-block one d ≫ 1."""
-    m = matrix.detach()
-    (same, v_same, n_same), (diff, v_diff, n_diff) = (
-        _masked(m, classes[k].to(m.device)) for k in ("same_topic", "diff_topic")
-    )
+    return block_effect_of(_pair_stats(classes)(matrix), prefix)
+
+
+def block_effect_of(stats: dict[str, tuple[float, float, int]], prefix: str) -> dict[str, float]:
+    """``block_effect`` from a matrix's class statistics (``PairStats``)."""
+    if "same_topic" not in stats or "diff_topic" not in stats:
+        return {}
+    (same, v_same, n_same), (diff, v_diff, n_diff) = stats["same_topic"], stats["diff_topic"]
     if n_same < 2 or n_diff < 2:
         return {}
     pooled = ((v_same * (n_same - 1) + v_diff * (n_diff - 1)) / (n_same + n_diff - 2)) ** 0.5
