@@ -374,6 +374,26 @@ def test_a_frozen_w_v_edited_in_place_is_read_again(inputs):
     assert torch.allclose(model(batch.ids, batch.key_bias)[0], before, atol=1e-6)
 
 
+def test_a_probe_block_keeps_one_query_key_table_and_gives_the_same_numbers(inputs):
+    """Under ``unchanged()`` without gradients the query-key table of every id pair is made once and read by every
+    forward pass; the numbers are those of the passes outside it. With gradients nothing is kept."""
+    model, batch = _regime_c(inputs)
+    attn = model.blocks[0].attn
+    halves = [slice(0, 2), slice(2, None)]
+    with torch.no_grad():
+        outside = [model(batch.ids[h], batch.key_bias[h])[0] for h in halves]
+        with model.unchanged():
+            inside = [model(batch.ids[h], batch.key_bias[h])[0] for h in halves]
+            kept = attn.unchanged["qk"]
+            assert kept.shape == (1, 104, 104)
+    for a, b in zip(inside, outside, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert attn.unchanged is None
+    with model.unchanged():
+        logits, _ = model(batch.ids, batch.key_bias)
+        assert "qk" not in attn.unchanged and logits.requires_grad
+
+
 def test_circuit_reads_of_frozen_weights_follow_an_edit(inputs):
     """A circuit read of frozen weights is given again while they are equal to what it was read from, and read again
     once they differ (here by an edit autograd never sees)."""
@@ -482,3 +502,29 @@ def test_presets_start_as_the_spec_says():
     assert abs(float(w_v.mean())) < 5 * 0.01 / math.sqrt(10816)
     assert abs(float(w_v.std()) - 0.01) < 5 * 0.01 / math.sqrt(2 * 10816)
     assert END == 3 and START == 2  # the layout the inputs above rely on
+
+
+@pytest.mark.parametrize(
+    "recipe, sets, padded",
+    [
+        ("topic/s3", [], True),
+        ("topic/s3", ["train.loss='squared'", "masking.random_pool='all'"], True),
+        ("topic/s2-population", [], False),  # every id a position, weighted by its probability: nothing to cut
+    ],
+)
+def test_dev_loss_in_sorted_cut_parts_is_the_loss_of_the_whole_dev_set(recipe, sets, padded):
+    """The dev loss read a few documents at a time, in order of length, each part cut after its longest document,
+    is the loss of the whole dev split in one pass (weighted by the positions the loss reads)."""
+    from toyformer import tasks
+    from toyformer.topic.losses import model_loss
+    from toyformer.topic.probes import DevLoss
+
+    x = tasks.build(tasks.load(recipe, ["data.dev_docs=30", "theory.samples=10", "data.train_docs=40", *sets]))
+    dev = x.stream.dev
+    with torch.no_grad():
+        expected = float(model_loss(x.model, dev, x.cfg.train.loss))
+        probe = DevLoss(dev, x.cfg.train.loss, pairs=2000, width=2**30)
+        assert probe.chunk < len(dev) // 3  # several parts
+        assert (int(probe.lengths.min()) < dev.ids.shape[1]) == padded  # parts cut where documents are padded
+        got = probe.measure(x.model)["loss_dev"]
+    assert got == pytest.approx(expected, rel=1e-5)

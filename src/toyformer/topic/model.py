@@ -32,6 +32,7 @@ from torch import nn
 from toyformer.topic.config import ModelConfig
 
 GATHER = 16  # a gathered element of a large table, priced in multiply-adds (2 CPU cores: ~1 ns against ~0.03 ns)
+KEPT = 2**26  # the most entries (H·V²) of a query-key table kept for a probe's forward passes: 256 MB
 
 GROUP_OF = {
     "W_E": "embedding",
@@ -118,21 +119,23 @@ class Attention(nn.Module):
         }
         return min(costs, key=costs.get)
 
-    def scoring(self, vocab: int, queries: int, keys: int, pairs: int) -> str:
+    def scoring(self, vocab: int, queries: int, keys: int, pairs: int, kept: bool = False) -> str:
         """How layer 0 scores ``queries`` query rows against ``keys`` key rows in ``pairs`` (query, key) pairs, per
         head: "pairs" (the V × V table (W_E W^Q)(W_E W^K)ᵀ read at each pair's two ids) or "vectors" (W_E W^Q and
         W_E W^K gathered at the ids, then multiplied). The cheapest by multiply-adds, a gathered element priced as
-        ``GATHER``: a dev set of 1,000 documents at V = 1,000 reads its pairs from the table, a training batch of 40
-        multiplies vectors."""
+        ``GATHER``: at V = 100 the pairs of long documents come from the table; at V = 1,000 a training batch of 40
+        multiplies vectors. A ``kept`` table (``TopicTransformer.unchanged``) is made once for the many forward
+        passes of a probe, and costs nothing per pass."""
         e = self.d_head
-        costs = {"pairs": vocab * vocab * e + GATHER * pairs, "vectors": GATHER * (queries + keys) * e + pairs * e}
+        table = 0 if kept else vocab * vocab * e
+        costs = {"pairs": table + GATHER * pairs, "vectors": GATHER * (queries + keys) * e + pairs * e}
         return min(costs, key=costs.get)
 
     def distinct_values(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """W_E·W^V's distinct rows (H, C, d_head) and each id's row (V,), where no gradient flows into either (regime
-        C's one-hot W_E and topic-block W^V: T + 4 distinct rows of V); None elsewhere, and inside a stacked
-        ensemble's vmap (each member's own W^V). Found once and kept while W^V and W_E equal the copies they were
-        found from (checked exactly, each call: one pass over them)."""
+        C's one-hot W_E and topic-block W^V: T + 1 distinct rows of V, the specials' zero row among them); None
+        elsewhere, and inside a stacked ensemble's vmap (each member's own W^V). Found once and kept while W^V and
+        W_E equal the copies they were found from (checked exactly, each call: one pass over them)."""
         if self.W_V.requires_grad or table.requires_grad or not isinstance(self.W_V, nn.Parameter):
             return None
         if self.unchanged is None:
@@ -180,17 +183,22 @@ class Attention(nn.Module):
         """α, (B, H, Lq, L): Lq = 1 for uniform attention (the same row for every query)."""
         if self.uniform:
             return torch.softmax(key_bias, dim=-1)[:, None, None, :].expand(-1, self.W_V.shape[0], -1, -1)
-        if table is not None and self.scoring(len(table), qids.numel(), ids.numel(), qids.numel() * ids.shape[1]) == (
-            "pairs"
-        ):
-            table_qk = torch.einsum("hve,hwe->hvw", self.through(table, self.W_Q), self.through(table, self.W_K))
-            pair = qids[:, :, None] * len(table) + ids[:, None, :]  # (B, Lq, L): the flat index of (query id, key id)
+        pairs = None if table is None else qids.numel() * ids.shape[1]
+        kept = self.unchanged is not None and not torch.is_grad_enabled() and len(self.W_Q) * len(table) ** 2 <= KEPT
+        if pairs and self.scoring(len(table), qids.numel(), ids.numel(), pairs, kept) == "pairs":
+            table_qk = self.unchanged.get("qk") if kept else None
+            if table_qk is None:
+                q = self.through(table, self.W_Q) / math.sqrt(self.d_head)  # (H, V, d_head)
+                table_qk = torch.einsum("hve,hwe->hvw", q, self.through(table, self.W_K))
+                if kept:
+                    self.unchanged["qk"] = table_qk
+            pair = (qids * len(table))[:, :, None] + ids[:, None, :]  # (B, Lq, L): the flat (query id, key id)
             scores = table_qk.flatten(1).index_select(1, pair.flatten()).unflatten(1, pair.shape).transpose(0, 1)
         else:
-            q = self.project(xq, self.W_Q, table, qids)  # (B, H, Lq, d_head)
+            q = self.project(xq, self.W_Q, table, qids) / math.sqrt(self.d_head)  # (B, H, Lq, d_head)
             k = self.project(x, self.W_K, table, ids)  # (B, H, L, d_head)
             scores = q @ k.transpose(-1, -2)
-        return torch.softmax(scores / math.sqrt(self.d_head) + key_bias[:, None, None, :], dim=-1)
+        return torch.softmax(scores + key_bias[:, None, None, :], dim=-1)
 
     def forward(
         self,
@@ -291,9 +299,11 @@ class TopicTransformer(nn.Module):
 
     @contextlib.contextmanager
     def unchanged(self):
-        """A block in which the weights do not change (a probe reading the model): layer 0's tables derived from
-        frozen weights are found once, not checked against the weights at every forward pass (at V = 4,000 the
-        check is two passes over 16·10⁶ entries, more than a small dev-set forward pass)."""
+        """A block in which the weights do not change (a probe reading the model, without gradients): layer 0's
+        tables are made once for all its forward passes: the distinct value rows of frozen weights, not checked
+        against them at every pass (at V = 4,000 two passes over 16·10⁶ entries, more than a small dev-set
+        forward pass), and the query-key table of every id pair (at V = 1,000 and documents of 500–1,000 words
+        the dev loss's 250 parts otherwise multiply 150·10⁹ query-key products)."""
         attn = self.blocks[0].attn
         attn.unchanged = {}
         try:

@@ -137,13 +137,39 @@ def id_pair_labels(id_topics: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+class TokenPairs:
+    """The class of every (query, key) token pair of fixed documents, found and counted once, so that a pattern's
+    class means are one weighted count over it (in float64, at most ``pairs`` pairs at a time).
+
+    ids: (B, L) with PAD after the end; id_topics: (V, T) bool; query_index: (B, Lq) the query positions (default:
+    every position). Classes as in ``toyformer.text.pairs`` (``id_pair_labels``), keys as in ``ATTENTION_KEYS``."""
+
+    def __init__(self, ids: torch.Tensor, id_topics: torch.Tensor, query_index: torch.Tensor | None = None):
+        queries = ids if query_index is None else ids.gather(1, query_index)
+        table = id_pair_labels(id_topics.to(ids.device))
+        self.labels = table.flatten()[queries[:, :, None] * len(table) + ids[:, None, :]]  # (B, Lq, L) uint8
+        self.counts = torch.bincount(self.labels.flatten(), minlength=len(CLASSES) + 1)
+        self.scale = (ids != PAD).sum(1).double() / 100.0
+
+    def means(self, pattern: torch.Tensor, pairs: int = 2**22) -> dict[str, float]:
+        """pattern: (B, Lq, L), or Lq = 1 (every query alike) → ``attn_<class>`` means."""
+        b, rows, n = self.labels.shape
+        pattern = pattern.expand(b, rows, n)
+        sums = torch.zeros(len(self.counts), dtype=torch.float64, device=pattern.device)
+        step = max(1, pairs // (rows * n))
+        for start in range(0, b, step):
+            part = slice(start, start + step)
+            weight = (pattern[part].double() * self.scale[part, None, None]).flatten()
+            sums += torch.bincount(self.labels[part].flatten(), weights=weight, minlength=len(self.counts))
+        return {
+            f"attn_{ATTENTION_KEYS[name]}": float(sums[k]) / int(self.counts[k])
+            for k, name in enumerate(CLASSES)
+            if self.counts[k]
+        }
+
+
 def attention_class_means(
-    pattern: torch.Tensor,
-    ids: torch.Tensor,
-    id_topics: torch.Tensor,
-    query_index: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    pairs: int = 2**22,
+    pattern: torch.Tensor, ids: torch.Tensor, id_topics: torch.Tensor, query_index: torch.Tensor | None = None
 ) -> dict[str, float]:
     """Mean attention per class of ordered token pairs (i, j), i = j included, each value scaled by n/100 (n = the
     document's tokens, all of them keys on the uncorrupted documents this is meant for) so that uniform attention
@@ -152,29 +178,9 @@ def attention_class_means(
     pattern: (B, Lq, L), its rows the queries at ``query_index`` (B, Lq) (default: every position, Lq = L), or
     Lq = 1 (every query alike); ids: (B, L) with PAD after the end; id_topics: (V, T) bool. Classes as in
     ``toyformer.text.pairs``, a token with no topic (a special) in no pair of one word with itself; keys as in
-    ``ATTENTION_KEYS``. Each pair's class is read from ``labels`` (``id_pair_labels(id_topics)``) at its two ids and
-    the classes' sums are one weighted count, in float64, over at most ``pairs`` pairs at a time.
+    ``ATTENTION_KEYS``.
     """
-    b, n = ids.shape
-    queries = ids if query_index is None else ids.gather(1, query_index)
-    labels = id_pair_labels(id_topics) if labels is None else labels
-    v, labels = len(labels), labels.flatten()
-    pattern = pattern.expand(b, queries.shape[1], n)
-    scale = (ids != PAD).sum(1).double() / 100.0
-    size = len(CLASSES) + 1
-    sums = torch.zeros(size, dtype=torch.float64, device=ids.device)
-    counts = torch.zeros(size, dtype=torch.long, device=ids.device)
-    step = max(1, pairs // (queries.shape[1] * n))
-    for start in range(0, b, step):
-        part = slice(start, start + step)
-        pair = queries[part, :, None] * v + ids[part, None, :]  # (b, Lq, L)
-        label = labels.index_select(0, pair.flatten()).long()
-        weight = (pattern[part].double() * scale[part, None, None]).flatten()
-        sums += torch.bincount(label, weights=weight, minlength=size)
-        counts += torch.bincount(label, minlength=size)
-    return {
-        f"attn_{ATTENTION_KEYS[name]}": float(sums[k]) / int(counts[k]) for k, name in enumerate(CLASSES) if counts[k]
-    }
+    return TokenPairs(ids, id_topics, query_index).means(pattern)
 
 
 QUERY_ROWS = 256  # attention statistics read at most this many query positions of a document, evenly spaced
@@ -197,34 +203,40 @@ class AttentionClasses:
 
     def __init__(self, docs: Documents, id_topics: torch.Tensor):
         self.ids = docs.ids
-        self.id_topics = id_topics.to(docs.ids.device)
-        self.labels = id_pair_labels(self.id_topics)
         self.key_bias = torch.zeros(docs.ids.shape, device=docs.ids.device).masked_fill_(docs.ids == PAD, -torch.inf)
         self.queries = spread_queries(self.ids)
+        self.id_topics = id_topics
+        self.pairs: dict[bool, TokenPairs] = {}  # the token pairs of the spread queries' rows and of all rows
 
-    def _patterns(self, model: TopicTransformer) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Each layer's pattern (B, H, Lq, L) with the query positions of its rows (None: every position). The model
-        computes the asked-for rows in its last layer only."""
+    def _pairs(self, spread: bool) -> TokenPairs:
+        if spread not in self.pairs:
+            self.pairs[spread] = TokenPairs(self.ids, self.id_topics, self.queries if spread else None)
+        return self.pairs[spread]
+
+    def _patterns(self, model: TopicTransformer) -> list[tuple[torch.Tensor, TokenPairs]]:
+        """Each layer's pattern (B, H, Lq, L) with the token pairs of its rows. The model computes the asked-for rows
+        (the spread queries) in its last layer only."""
         _, patterns = model(self.ids, self.key_bias, self.queries)
-        return [(p, self.queries if k == len(patterns) - 1 else None) for k, p in enumerate(patterns)]
+        last = len(patterns) - 1
+        return [(p, self._pairs(k == last or self.queries is None)) for k, p in enumerate(patterns)]
 
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         out = {}
-        for layer, (pattern, rows) in enumerate(self._patterns(model)):
+        for layer, (pattern, pairs) in enumerate(self._patterns(model)):
             suffix = f"_layer{layer}" if layer else ""
-            means = attention_class_means(pattern.mean(1), self.ids, self.id_topics, rows, self.labels)
-            out |= {k + suffix: v for k, v in means.items()}
+            heads = pattern[:, 0] if pattern.shape[1] == 1 else pattern.mean(1)  # one head: no copy
+            out |= {k + suffix: v for k, v in pairs.means(heads).items()}
         return out
 
     @torch.no_grad()
     def head_gap(self, model: TopicTransformer) -> dict[str, list[float]]:
         """Layer → per-head same-topic minus different-topic attention (the summary's attn_head_gap)."""
         out = {}
-        for layer, (pattern, rows) in enumerate(self._patterns(model)):
+        for layer, (pattern, pairs) in enumerate(self._patterns(model)):
             gaps = []
             for head in range(pattern.shape[1]):
-                m = attention_class_means(pattern[:, head], self.ids, self.id_topics, rows, self.labels)
+                m = pairs.means(pattern[:, head])
                 gaps.append(m.get("attn_same_topic", float("nan")) - m.get("attn_diff_topic", float("nan")))
             out[str(layer)] = gaps
         return out
@@ -255,19 +267,29 @@ class Norms:
 class DevLoss:
     """The loss on the fixed, corrupted dev split, a few documents at a time: at most ``pairs`` (query, key) pairs
     and ``width`` elements of gathered key vectors (B·L·V at the one-hot width V) in one forward pass. Parts that
-    stay in cache are faster: at V = 4,000, parts of 16 documents took 1.5 s where parts of 132 took 2.1 s."""
+    stay in cache are faster: at V = 4,000, parts of 16 documents took 1.5 s where parts of 132 took 2.1 s. The
+    documents are taken in order of length and each part is cut after its longest document (the positions cut are
+    padding: no key, no loss), so that short documents do not pay for the longest one's padding."""
 
     def __init__(self, dev: Batch, loss: str, pairs: int = 2**20, width: int = 2**22):
-        self.dev, self.loss = dev, loss
+        self.loss = loss
+        used = (dev.ids != PAD) | torch.isfinite(dev.key_bias)
+        if dev.weight is not None:
+            used |= dev.weight > 0
+        positions = torch.arange(1, used.shape[1] + 1, device=used.device)
+        lengths = (used * positions).amax(1)  # one past each document's last used position
+        order = torch.argsort(lengths, stable=True)
+        self.dev, self.lengths = dev.map(lambda t: t[order]), lengths[order]
         length, ids = dev.ids.shape[1], int(dev.ids.max()) + 1
-        queries = max(1, int((dev.weight > 0).sum(1).max()))
+        queries = length if dev.weight is None else max(1, int((dev.weight > 0).sum(1).max()))
         self.chunk = max(1, min(pairs // (queries * length), width // (length * ids)))
 
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         total, weight = 0.0, 0.0
         for start in range(0, len(self.dev), self.chunk):
-            part = self.dev.slice(start, start + self.chunk)
+            end = int(self.lengths[start : start + self.chunk].max())
+            part = self.dev.slice(start, start + self.chunk).map(lambda t, end=end: t[:, :end])
             w = float(part.soft.sum() if part.soft is not None else part.weight.sum())
             total += float(model_loss(model, part, self.loss)) * w
             weight += w
