@@ -392,7 +392,7 @@ QUICK_TOPIC_SCALING = TOPIC_SCALING[:1]
 
 
 def _topic_scaling_child(seconds: float, topics: int, words: int, low: int, high: int) -> None:
-    """In a child process: one topic/s3 training step's and one probe's seconds at T topics of v words and documents
+    """In a child process: a topic/s3 training step's and a probe's mean seconds at T topics of v words and documents
     of ``low``..``high`` words, and the probes' share of a default run of the recipe (its steps and its probes); prints
     JSON. The finite-sample theory is not timed (10 simulated documents)."""
     sets = [f"data.num_topics={topics}", f"data.words_per_topic={words}", "theory.samples=10"]
@@ -406,7 +406,7 @@ def _topic_scaling_child(seconds: float, topics: int, words: int, low: int, high
 
     cpu = torch.device("cpu")
     steps = rate(step, cpu, seconds, warmup=1)
-    probe = 1.0 / rate(lambda i: x.probe(i, 0.0), cpu, 0.0, warmup=1)
+    probe = 1.0 / rate(lambda i: x.probe(i, 0.0), cpu, min(seconds, 2.0), warmup=1)  # a mean over 2 s of probes
     total, probes, _ = x.schedule()
     share = len(probes) * probe / (total / steps + len(probes) * probe)
     out = {"vocabulary": topics * words, "doc_words": f"{low}-{high}", "step_s": 1.0 / steps, "probe_s": probe}

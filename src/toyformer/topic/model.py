@@ -156,6 +156,20 @@ class Attention(nn.Module):
         self._distinct = ((self.W_V.detach().clone(), table.detach().clone()), found)
         return found
 
+    def keeps(self, table: torch.Tensor) -> bool:
+        """Whether the query-key table is kept for the rest of an ``unchanged`` block (no gradients, at most KEPT)."""
+        return self.unchanged is not None and not torch.is_grad_enabled() and len(self.W_Q) * len(table) ** 2 <= KEPT
+
+    def query_key_table(self, table: torch.Tensor) -> torch.Tensor:
+        """(H, V, V): every id pair's score before the key bias, (W_E W^Q)(W_E W^K)ᵀ/√d_head per head."""
+        if self.keeps(table) and "qk" in self.unchanged:
+            return self.unchanged["qk"]
+        q = self.through(table, self.W_Q) / math.sqrt(self.d_head)  # (H, V, d_head)
+        table_qk = torch.einsum("hve,hwe->hvw", q, self.through(table, self.W_K))
+        if self.keeps(table):
+            self.unchanged["qk"] = table_qk
+        return table_qk
+
     def queries(self, length: int, query_index: torch.Tensor | None) -> int:
         """The query rows attention computes: one for uniform attention (every query alike), else those asked for."""
         if self.uniform:
@@ -184,14 +198,8 @@ class Attention(nn.Module):
         if self.uniform:
             return torch.softmax(key_bias, dim=-1)[:, None, None, :].expand(-1, self.W_V.shape[0], -1, -1)
         pairs = None if table is None else qids.numel() * ids.shape[1]
-        kept = self.unchanged is not None and not torch.is_grad_enabled() and len(self.W_Q) * len(table) ** 2 <= KEPT
-        if pairs and self.scoring(len(table), qids.numel(), ids.numel(), pairs, kept) == "pairs":
-            table_qk = self.unchanged.get("qk") if kept else None
-            if table_qk is None:
-                q = self.through(table, self.W_Q) / math.sqrt(self.d_head)  # (H, V, d_head)
-                table_qk = torch.einsum("hve,hwe->hvw", q, self.through(table, self.W_K))
-                if kept:
-                    self.unchanged["qk"] = table_qk
+        if pairs and self.scoring(len(table), qids.numel(), ids.numel(), pairs, self.keeps(table)) == "pairs":
+            table_qk = self.query_key_table(table)
             pair = (qids * len(table))[:, :, None] + ids[:, None, :]  # (B, Lq, L): the flat (query id, key id)
             scores = table_qk.flatten(1).index_select(1, pair.flatten()).unflatten(1, pair.shape).transpose(0, 1)
         else:

@@ -10,6 +10,7 @@ statistics are reported for layer 0 (``attn_*``) and for every later layer (``at
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -39,10 +40,10 @@ def qk_circuit(model: TopicTransformer, layer: int = 0) -> torch.Tensor | None:
     attn = model.blocks[layer].attn
     if attn.uniform:
         return None
-    qk = torch.einsum("hde,hfe->df", attn.W_Q, attn.W_K) / attn.W_Q.shape[0]
-    if layer == 0 and attn.identity_table:
-        return qk
     table = model.embedding_table()
+    if layer == 0:  # the attention's own id-pair table (made once in a probe), summed over heads
+        return attn.query_key_table(table).sum(0) * (math.sqrt(attn.d_head) / len(attn.W_Q))
+    qk = torch.einsum("hde,hfe->df", attn.W_Q, attn.W_K) / attn.W_Q.shape[0]
     return table @ qk @ table.T
 
 
