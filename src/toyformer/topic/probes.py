@@ -19,7 +19,7 @@ from toyformer.text.pairs import CLASSES, pair_classes
 from toyformer.topic.batch import Batch
 from toyformer.topic.config import NUM_SPECIALS, PAD
 from toyformer.topic.lda import Documents
-from toyformer.topic.losses import model_loss
+from toyformer.topic.losses import model_loss, weighted_positions
 from toyformer.topic.model import TopicTransformer, param_group
 from toyformer.topic.theory import PairStats, block_effect_of, class_means
 
@@ -280,21 +280,21 @@ class DevLoss:
         positions = torch.arange(1, used.shape[1] + 1, device=used.device)
         lengths = (used * positions).amax(1)  # one past each document's last used position
         order = torch.argsort(lengths, stable=True)
-        self.dev, self.lengths = dev.map(lambda t: t[order]), lengths[order]
+        dev, lengths = dev.map(lambda t: t[order]), lengths[order]
         length, ids = dev.ids.shape[1], int(dev.ids.max()) + 1
         queries = length if dev.weight is None else max(1, int((dev.weight > 0).sum(1).max()))
         self.chunk = max(1, min(pairs // (queries * length), width // (length * ids)))
+        self.parts = []  # (documents, the positions the loss reads, their total weight): fixed, so found once
+        for start in range(0, len(dev), self.chunk):
+            end = int(lengths[start : start + self.chunk].max())
+            part = dev.slice(start, start + self.chunk).map(lambda t, end=end: t[:, :end])
+            index = None if part.weight is None else weighted_positions(part.weight)
+            self.parts.append((part, index, float(part.soft.sum() if part.soft is not None else part.weight.sum())))
 
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
-        total, weight = 0.0, 0.0
-        for start in range(0, len(self.dev), self.chunk):
-            end = int(self.lengths[start : start + self.chunk].max())
-            part = self.dev.slice(start, start + self.chunk).map(lambda t, end=end: t[:, :end])
-            w = float(part.soft.sum() if part.soft is not None else part.weight.sum())
-            total += float(model_loss(model, part, self.loss)) * w
-            weight += w
-        return {"loss_dev": total / weight}
+        total = sum(float(model_loss(model, part, self.loss, index)) * w for part, index, w in self.parts)
+        return {"loss_dev": total / sum(w for _, _, w in self.parts)}
 
 
 def centred_words(m: torch.Tensor, classes: dict[str, torch.Tensor]) -> torch.Tensor:
