@@ -13,7 +13,7 @@ from toyformer.induction.chains import sample_batch
 from toyformer.induction.config import GIHModelConfig
 from toyformer.induction.losses import prediction_loss
 from toyformer.induction.model import GIHTransformer, bits, reference_predict, subsets
-from toyformer.induction.plan import make_plan
+from toyformer.induction.plan import equality_patterns, make_plan
 from toyformer.induction.predictors import gih_predict
 from toyformer.induction.theory import predict_subset
 from toyformer.random import generator
@@ -57,30 +57,79 @@ def _check_against_literal(model, tokens, targets, plan, losses=("nll",)):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-PATH_CASES = [  # (path, the groups' sparse sum)
-    ("grouped", False),
-    ("grouped", True),
-    ("table", False),
-    ("windows", False),
-    ("positions", False),
+PATH_CASES = [  # (path, the groups' sparse sum, the kernel by pattern of equal tokens where the model allows it)
+    ("grouped", False, True),
+    ("grouped", True, True),
+    ("grouped", True, False),
+    ("table", False, True),
+    ("windows", False, True),
+    ("positions", False, True),
 ]
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
 @pytest.mark.parametrize("targets", ["last", "all"])
-@pytest.mark.parametrize("path,sums", PATH_CASES, ids=["grouped", "sums", "table", "windows", "positions"])
-def test_every_path_matches_literal_model_and_its_gradient(kw, targets, path, sums):
-    """Every path (the grouped classifier by gather and scatter, or by the groups' sparse sum; the dense table; the
+@pytest.mark.parametrize(
+    "path,sums,patterns", PATH_CASES, ids=["grouped", "sums", "window-pairs", "table", "windows", "positions"]
+)
+def test_every_path_matches_literal_model_and_its_gradient(kw, targets, path, sums, patterns):
+    """Every path (the grouped classifier by gather and scatter, or by the groups' sparse sum, its kernel once per
+    pattern of equal tokens where the model's inner products allow it or once per window pair; the dense table; the
     per-position kernel on distinct windows; every position its own window) against the literal model."""
     if path == "grouped" and targets == "all":
         pytest.skip("grouping is for last-token targets (a config error otherwise: see test_config)")
     chains = sample_batch(12, 3, (1, 2), 0.3, 14, generator(0, "model-test"))
     model = _model(**kw)
-    plan = make_plan(chains.tokens, model.band, 3, targets, path, torch.float64, sums=sums)
+    patterns = patterns and model.cfg.equality_kernel
+    plan = make_plan(chains.tokens, model.band, 3, targets, path, torch.float64, sums=sums, patterns=patterns)
     assert plan.path == path and plan.table == (path == "table")
     assert (plan.groups is not None) == (path == "grouped")
-    assert plan.groups is None or (plan.groups.sum is not None) == sums
+    assert plan.groups is None or ((plan.groups.sum is not None) == sums and plan.groups.patterns == patterns)
     _check_against_literal(model, chains.tokens, targets, plan, ("nll", "code-ce"))
+
+
+def test_equal_patterns_are_the_same_tokens_renamed():
+    """Against brute force: two rows share a pattern exactly when one bijection of the tokens below d maps one row
+    onto the other (d and d+1, before the start and the placeholder, map to themselves)."""
+    d = 3
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.randint(0, d + 2, (300, 6), generator=gen)
+    rows[rows == d + 1] = d  # the placeholder only at the query's offset 0: the first column
+    rows[::3, 0] = d + 1
+    patterns, kind = equality_patterns(rows[:, :2], rows[:, 2:], d)
+    assert len(patterns) == len(torch.unique(kind)) and len(patterns) < len(torch.unique(rows, dim=0))
+
+    def renamed(x, y):
+        return any(
+            all((a == b) if a >= d else (b < d and perm[a] == b) for a, b in zip(x, y, strict=True))
+            for perm in itertools.permutations(range(d))
+        )
+
+    for i in range(60):
+        for j in range(300):
+            assert (kind[i] == kind[j]) == renamed(rows[i].tolist(), rows[j].tolist()), (rows[i], rows[j])
+
+
+def test_the_kernel_by_pattern_merges_pairs_and_only_where_the_inner_products_allow_it():
+    """At d = 8 the window pairs rarely repeat but their patterns of equal tokens do: far fewer kernel entries and
+    groups. The pattern is only what the simplified variant's L2-normalised heads read: LayerNorm (a weight and a
+    bias per token) and the full variant's Q, K and OV read the tokens, so their models must not take it (and
+    would be wrong if they did)."""
+    d = 8
+    chains = sample_batch(4000, d, (1, 3), 0.3, 40, generator(8, "patterns"))
+    model = _model(d=d)
+    by_pairs = make_plan(chains.tokens, model.band, d, dtype=torch.float64, path="grouped")
+    by_pattern = make_plan(chains.tokens, model.band, d, dtype=torch.float64, path="grouped", patterns=True)
+    pairs = [p.groups.head_pair.shape[1] for p in (by_pairs, by_pattern)]
+    assert pairs[1] < 0.6 * pairs[0] and len(by_pattern.groups.seq) < len(by_pairs.groups.seq)
+    assert by_pattern.groups.count.sum() == by_pairs.groups.count.sum() == chains.tokens[:, :-1].numel()
+    torch.testing.assert_close(model(by_pattern), model(by_pairs), rtol=0, atol=1e-12)
+    assert model.cfg.equality_kernel
+    for kw in (dict(norm="layernorm"), dict(variant="full")):
+        other = _model(d=d, **kw)
+        assert not other.cfg.equality_kernel
+        wrong = make_plan(chains.tokens, other.band, d, dtype=torch.float64, path="grouped", patterns=True)
+        assert (other(wrong) - reference_predict(other, chains.tokens)).abs().max() > 1e-4
 
 
 LARGE = [
@@ -93,30 +142,43 @@ LARGE = [
 
 @pytest.mark.parametrize("kw", LARGE, ids=lambda kw: "-".join(str(v) for v in kw.values()))
 @pytest.mark.parametrize("d", [5, 8])
-@pytest.mark.parametrize("path", ["auto", "table", "windows", "positions", "direct", "mixed", "tables"])
+@pytest.mark.parametrize("path", ["auto", "table", "windows", "positions", "direct", "mixed", "tables", "couples"])
 def test_every_path_matches_literal_model_at_larger_d_and_heads(kw, d, path, monkeypatch):
     """d = 5 and 8 with four or six heads, where the data's windows rarely repeat. The grouped path with every head
-    reading its content table ("tables"), every head taking dot products per pair ("direct"), and the two mixed;
-    auto takes the path of least estimated work (never the unshared positions, whose work bounds the others')."""
+    reading its content table ("tables"), every head taking dot products per pair ("direct"), the two mixed, and
+    (the simplified variant: kernels by pattern of equal tokens) every head one inner product per pattern of its own
+    band ("couples"); auto takes the path of least estimated work (never the unshared positions, whose work bounds
+    the others')."""
     chains = sample_batch(10, d, (1, 3), 0.3, 16, generator(d, "model-test-large"))
     model = _model(d=d, **kw)
     forced = {"direct": lambda *counts: True, "tables": lambda *counts: False}
     flips = itertools.cycle([True, False])  # heads 1, 3, ... direct
     forced["mixed"] = lambda *counts: next(flips)
+    patterns = model.cfg.equality_kernel
+    if path == "couples" and not patterns:
+        pytest.skip("couples are for kernels by pattern of equal tokens")
     if path in forced:
         monkeypatch.setattr("toyformer.induction.plan.direct_head", forced[path])
+        monkeypatch.setattr("toyformer.induction.plan.couple_cost", lambda *counts: math.inf)
+    if path == "couples":
+        monkeypatch.setattr("toyformer.induction.plan.couple_cost", lambda *counts: -1.0)
     for targets in ("last", "all"):
-        if path in forced and targets == "all":
+        grouped = path in forced or path == "couples"
+        if grouped and targets == "all":
             continue
-        way = "grouped" if path in forced else path
-        plan = make_plan(chains.tokens, model.band, d, targets, way, torch.float64, sums=targets == "last")
+        way = "grouped" if grouped else path
+        plan = make_plan(
+            chains.tokens, model.band, d, targets, way, torch.float64, sums=targets == "last", patterns=patterns
+        )
         if path == "auto":
             assert plan.path == min(plan.costs, key=plan.costs.get)
             assert ("grouped" in plan.costs) == (targets == "last") and plan.path != "positions"
+        heads = model.cfg.heads
         if path in forced:
-            heads = model.cfg.heads
             want = {"direct": [True] * heads, "tables": [False] * heads, "mixed": [h % 2 == 0 for h in range(heads)]}
-            assert plan.groups.direct == want[path]
+            assert plan.groups.direct == want[path] and not any(plan.groups.coupled)
+        if path == "couples":
+            assert plan.groups.coupled == [True] * heads
         _check_against_literal(model, chains.tokens, targets, plan)
 
 

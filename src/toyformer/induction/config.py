@@ -119,6 +119,12 @@ class GIHModelConfig(Strict):
     def head_norm(self) -> str:
         return self.norm or ("layernorm" if self.variant == "full" else "l2")
 
+    @property
+    def equality_kernel(self) -> bool:
+        """Whether a head's inner product of two windows depends only on which of their tokens are equal (the
+        simplified variant's L2-normalised copies of one-hot tokens), not on the tokens themselves."""
+        return self.variant == "simplified" and self.head_norm == "l2"
+
     def offsets(self) -> list[int]:
         """Offsets some head can copy."""
         last = 2 * self.heads - 1 if self.layout == "code" else self.window

@@ -111,7 +111,8 @@ class ChainData(Chainsets):
 
     def _plan(self, tokens: torch.Tensor, sums: bool = False) -> Plan:
         d = self.cfg
-        return make_plan(tokens, self.band.to(tokens.device), d.data.d, d.data.targets, d.model.plan_path, sums=sums)
+        band, m = self.band.to(tokens.device), d.model
+        return make_plan(tokens, band, d.data.d, d.data.targets, m.plan_path, sums=sums, patterns=m.equality_kernel)
 
     def batch(self, step: int) -> Plan:
         return self.train_plan if self.full else self._plan(self.tokens(step))

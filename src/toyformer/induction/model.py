@@ -137,14 +137,20 @@ class GIHTransformer(Hooked):
     # -- layer 1: the copier, on windows ---------------------------------------------------------------------------
     def copier(self, windows: torch.Tensor, attention: bool = False) -> torch.Tensor:
         """Normalised head outputs û (N, H, d) of windows (N, span+1): windows[n, o] is the token at offset o
-        (d: before the start, d+1: the placeholder). With ``attention``, the (N, H, span+1) copy weights instead."""
+        (d: before the start, so always a window's last offsets; d+1: the placeholder). With ``attention``, the
+        (N, H, span+1) copy weights instead."""
         onehot = F.one_hot(windows, self.d + 2)[..., : self.d].to(self.w.dtype)  # (N, span+1, d); 0 for d, d+1
-        allowed = self.band[None] & (windows != self.d)[:, None, :]  # (N, H, span+1)
-        logits = self.w.expand(len(windows), -1, -1)
         if self.full:  # content logits x_iᵀ Q_h K_hᵀ x_j, with x_i the token at offset 0
+            allowed = self.band[None] & (windows != self.d)[:, None, :]  # (N, H, span+1)
             qk = torch.einsum("hde,hfe->hdf", self.W_Q, self.W_K)  # (H, d, d)
-            logits = logits + torch.einsum("nd,hdf,nof->nho", onehot[:, 0], qk, onehot)
-        weights = torch.softmax(logits.masked_fill(~allowed, MASKED), dim=-1) * allowed  # no key at all: u = 0
+            logits = self.w + torch.einsum("nd,hdf,nof->nho", onehot[:, 0], qk, onehot)
+            weights = torch.softmax(logits.masked_fill(~allowed, MASKED), dim=-1) * allowed  # no key at all: u = 0
+        else:  # the weights depend only on how many offsets lie before the start: one softmax per count
+            offsets = torch.arange(self.span + 1, device=windows.device)
+            inside = offsets < len(offsets) - torch.arange(len(offsets) + 1, device=windows.device)[:, None]
+            allowed = self.band[None] & inside[:, None, :]  # (span+2, H, span+1): the last k offsets before the start
+            table = torch.softmax(self.w.masked_fill(~allowed, MASKED), dim=-1) * allowed
+            weights = table.index_select(0, (windows == self.d).sum(1))
         if attention:
             return weights
         u = torch.einsum("nho,nod->nhd", weights, onehot)
@@ -209,7 +215,9 @@ class GIHTransformer(Hooked):
         rows = []
         for h in range(self.cfg.heads):  # one head's table at a time: it stays in cache while its pairs read it
             q, k, e = queries[g.query_rep[h], h], keys[g.key_rep[h], h], head_pair[h]
-            if g.direct[h]:
+            if g.coupled and g.coupled[h]:  # one inner product per couple: per pattern of its band
+                rows.append((q * k).sum(-1).index_select(0, e))
+            elif g.direct[h]:
                 n = g.key_contents[h]
                 rows.append((q.index_select(0, e // n) * k.index_select(0, e % n)).sum(-1))
             else:

@@ -9,7 +9,11 @@ E5's 900,000 positions have about 1,100), so the copier runs on the distinct win
   and the classifier's softmax runs over each sequence's distinct key windows weighted by their counts (on the CPU as
   one sparse matrix, ``GroupSum``). Head h's inner products come from a table over the distinct contents of its band
   where that table is small against the number of pairs, else from one dot product per pair (a "direct" head: at
-  large d, or a long band, the table would outgrow the pairs).
+  large d, or a long band, the table would outgrow the pairs). Where the heads are L2-normalised copies of one-hot
+  tokens (the simplified variant), an inner product depends only on which tokens of the two windows are equal, not
+  on the tokens: pairs with one pattern of equal tokens are one pair (d = 10, the grid-base chains: 87,000 patterns
+  for 777,000 window pairs, and their number does not grow with d), and a head may take one inner product per
+  pattern of its own band (a "coupled" head: a few dozen at the code layout's three offsets).
 - ``table``: K read from a dense (query window × key window) table (both target modes; it must fit TABLE_LIMIT).
 - ``windows``: the copier on the distinct windows, the kernel per (target, key) position.
 - ``positions``: every position its own window, nothing shared: the plain vectorised banded model (``model.fast =
@@ -41,23 +45,28 @@ GATHER = 4
 
 @dataclass
 class Groups:
-    """Last-token targets: the keys of each sequence grouped by distinct window (E groups in all)."""
+    """Last-token targets: the keys of each sequence grouped by distinct window, or with ``patterns`` by key token and
+    pattern of equal tokens (E groups in all)."""
 
     seq: torch.Tensor  # (E,) the sequence of each group
     slot: torch.Tensor  # (E,) seq·d + the key's token (offset 0 of the window)
     count: torch.Tensor  # (E,) how many keys of the sequence have this window
     log_count: torch.Tensor  # (E,) its log
-    pair: torch.Tensor  # (E,) the group's (query window, key window class) pair, among the P distinct pairs
+    pair: torch.Tensor  # (E,) the group's (query window, key window class) pair (or pattern), among the P pairs
     queries: torch.Tensor  # the query windows the kernel reads: one per distinct band content of some head
     keys: torch.Tensor  # the same for key windows
     query_rep: list[torch.Tensor]  # per head: for each distinct content of its band, a row of ``queries`` with it
+    # (a coupled head: the query of each couple)
     key_rep: list[torch.Tensor]  # per head: the same in ``keys``
     head_pair: (
         torch.Tensor
     )  # (H, P) head h's entry for each pair: in its (query rep × key rep) table, q·key_contents[h]
     # + k with q, k the pair's query and key contents (a direct head reads the same code as two indices)
     direct: list[bool]  # per head: one dot product per pair instead of a table
-    key_contents: list[int]  # per head: the distinct contents of its band among the key windows
+    key_contents: list[int]  # per head: the distinct contents of its band among the key windows (coupled: couples)
+    patterns: bool = False  # pairs are patterns of equal tokens (one representative pair each)
+    coupled: list[bool] | None = None  # per head (with patterns): one inner product per couple, i.e. per pattern of
+    # its own band, of the windows query_rep[h][i] and key_rep[h][i]; the pair's entry is its couple
     sum: GroupSum | None = None  # the groups' sum as a sparse matrix, where the plan was asked for one
 
 
@@ -142,11 +151,14 @@ def make_plan(
     path: str = "auto",
     dtype: torch.dtype = torch.float32,
     sums: bool = False,
+    patterns: bool = False,
 ) -> Plan:
     """The plan of sequences ``tokens`` (B, L+1) (inputs x_1..x_L and the token(s) to predict) for a model whose
     heads read the offsets ``band`` (H, span+1) and compute in ``dtype``, by ``path`` (one of ``PATHS``, or "auto":
     the cheapest by ``path_costs``); ``sums``: with the groups' sparse sum (worth its construction for a plan read
-    many times, on the CPU)."""
+    many times, on the CPU); ``patterns``: the model's inner products depend only on which tokens of two windows are
+    equal (``GIHModelConfig.equality_kernel``), so the grouped path computes the kernel once per pattern of equal
+    tokens rather than once per (query window, key class) pair."""
     if path not in ("auto", *PATHS):
         raise ConfigError(f"model.path {path!r}: use auto or one of {', '.join(PATHS)}")
     if path == "grouped" and targets != "last":
@@ -168,7 +180,7 @@ def make_plan(
         key_set, key_index = _distinct(keys, d + 2)
         query_set, query_index = _distinct(queries, d + 2)
         if targets == "last" and path in ("auto", "grouped"):  # its cost is known once its pairs are
-            groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype)
+            groups = _groups(key_index, query_index[:, 0], key_set, query_set, band, d, dtype, patterns)
         costs = path_costs(tuple(tokens.shape), band, d, len(key_set), len(query_set), targets, groups)
         if path == "auto":
             path = min(costs, key=costs.get)
@@ -211,6 +223,7 @@ def describe_plan(plan: Plan) -> dict:
             "pairs": g.head_pair.shape[1],
             "groups": len(g.seq),
             "direct_heads": [h + 1 for h, x in enumerate(g.direct) if x],
+            "kernel_by": "pattern of equal tokens" if g.patterns else "window pair",
         }
     return out
 
@@ -228,10 +241,10 @@ def path_costs(
     ``GATHER`` price the others), for B chains of L+1 tokens (``shape``) over d tokens with ``keys`` and ``queries``
     distinct windows, heads reading ``band``; the grouped path from its ``groups``. A path that cannot run (the table
     beyond TABLE_LIMIT, grouping with all-position targets or without its groups) is left out."""
-    heads, width = band.shape[0], int(band.sum(1).max())  # offsets per head
+    heads = band.shape[0]
     batch, length = shape[0], shape[1] - 1
     scored = batch * (length if targets == "last" else length * (length + 1) / 2)  # (target, visible key) entries
-    copier = heads * width * 4  # per window: copy weights, softmax, the weighted copy
+    copier = copier_cost(band)
     per_key = heads * d * GATHER + heads  # per (query, key) position: its heads' outputs gathered, the kernel
     classify = scored * (d + 3)  # the softmax over keys and the sum of the keys' tokens
     windows = batch * length + batch * (1 if targets == "last" else length)  # key and query positions
@@ -245,8 +258,10 @@ def path_costs(
     if groups is not None:
         pairs, n_groups = groups.head_pair.shape[1], len(groups.seq)
         tables = sum(
-            head_cost(len(q), len(k), pairs, d, direct)
-            for q, k, direct in zip(groups.query_rep, groups.key_rep, groups.direct, strict=True)
+            couple_cost(len(q), pairs, d, 0.0) if coupled else head_cost(len(q), len(k), pairs, d, direct)
+            for q, k, direct, coupled in zip(
+                groups.query_rep, groups.key_rep, groups.direct, groups.coupled or [False] * heads, strict=True
+            )
         )
         needed = len(groups.queries) + len(groups.keys)
         costs["grouped"] = needed * copier + tables + pairs * (heads * GATHER + 4) + n_groups * GATHER + batch * d
@@ -261,6 +276,7 @@ def _groups(
     band: torch.Tensor,
     d: int,
     dtype: torch.dtype,
+    patterns: bool,
 ) -> Groups:
     n_keys = len(key_set)
     slot = torch.arange(len(key_index), device=key_index.device)[:, None] * n_keys + key_index
@@ -268,25 +284,51 @@ def _groups(
     seq, key = distinct // n_keys, distinct % n_keys
     # The kernel reads a key window only at the heads' offsets: windows that differ elsewhere (the key's own token,
     # outside every band) share their pairs' kernel values.
-    classes, key_class = _distinct(key_set[:, band.any(0)], d + 2)
+    used = band.any(0)
+    classes, key_class = _distinct(key_set[:, used], d + 2)
     class_rep = _first(key_class, len(classes))  # a key window of each class
     pairs, pair = torch.unique(query_index[seq] * len(classes) + key_class[key], return_inverse=True)
-    query_rep, key_rep, head_pair, direct, key_contents = [], [], [], [], []
+    slot, count = seq * d + key_set[key, 0], count.to(dtype)
+    query_of, key_of = pairs // len(classes), class_rep[pairs % len(classes)]  # each pair's windows
+    if patterns:  # pairs with one pattern of equal tokens share their kernel: a representative pair for each
+        pattern, kind = equality_patterns(query_set[query_of][:, used], key_set[key_of][:, used], d)
+        first = _first(kind, len(pattern))
+        query_of, key_of, pair = query_of[first], key_of[first], kind[pair]
+        # a sequence's groups with one key token and one pattern are one group
+        merged, which = torch.unique(slot * len(pattern) + pair, return_inverse=True)
+        count = count.new_zeros(len(merged)).index_add_(0, which, count)
+        slot, pair = merged // len(pattern), merged % len(pattern)
+        seq = slot // d
+    window = copier_cost(band)
+    query_rep, key_rep, head_pair, direct, coupled, key_contents = [], [], [], [], [], []
     for h in range(band.shape[0]):  # a head reads only its band: far fewer distinct contents than windows
         q_content, q_of = _distinct(query_set[:, band[h]], d + 2)
         k_content, k_of = _distinct(key_set[:, band[h]], d + 2)
+        direct.append(direct_head(len(q_content), len(k_content), len(query_of), d))
+        contents = head_cost(len(q_content), len(k_content), len(query_of), d, direct[-1])
+        if patterns:  # or one inner product per pattern of its own band, for a couple of windows with it
+            own, entry = equality_patterns(query_set[query_of][:, band[h]], key_set[key_of][:, band[h]], d)
+            cost = couple_cost(len(own), len(query_of), d, window)
+            if cost < contents + (len(q_content) + len(k_content)) * window:
+                couple = _first(entry, len(own))
+                query_rep.append(query_of[couple])
+                key_rep.append(key_of[couple])
+                head_pair.append(entry)
+                direct[-1] = False
+                coupled.append(True)
+                key_contents.append(len(own))
+                continue
         query_rep.append(_first(q_of, len(q_content)))
         key_rep.append(_first(k_of, len(k_content)))
-        entry = q_of[pairs // len(classes)] * len(k_content) + k_of[class_rep[pairs % len(classes)]]
-        direct.append(direct_head(len(q_content), len(k_content), len(pairs), d))
-        head_pair.append(entry)
+        head_pair.append(q_of[query_of] * len(k_content) + k_of[key_of])
+        coupled.append(False)
         key_contents.append(len(k_content))
     # the copier runs only on the windows some head's table reads (a few dozen, of up to thousands)
     query_need, key_need = torch.unique(torch.cat(query_rep)), torch.unique(torch.cat(key_rep))
     return Groups(
         seq=seq,
-        slot=seq * d + key_set[key, 0],
-        count=count.to(dtype),
+        slot=slot,
+        count=count,
         log_count=count.double().log().to(dtype),
         pair=pair,
         queries=query_set[query_need],
@@ -296,7 +338,25 @@ def _groups(
         head_pair=torch.stack(head_pair),
         direct=direct,
         key_contents=key_contents,
+        patterns=patterns,
+        coupled=coupled,
     )
+
+
+def equality_patterns(left: torch.Tensor, right: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct patterns of equal tokens among rows of windows ``left`` and ``right`` (N, n) side by side, and
+    each row's pattern: each token below d replaced by the column of its first occurrence in the row, d and d+1
+    (before the start, the placeholder) kept as labels of their own. Two rows with one pattern are the same tokens
+    renamed."""
+    rows = torch.cat([left, right], 1)
+    width = rows.shape[1]
+    canonical = torch.empty_like(rows)
+    step = max(1, (1 << 24) // width**2)  # rows compared at once: a (step, width, width) comparison
+    for start in range(0, len(rows), step):
+        r = rows[start : start + step]
+        first = (r[:, :, None] == r[:, None, :]).to(torch.uint8).argmax(-1)  # argmax: the first maximum's index
+        canonical[start : start + step] = torch.where(r >= d, width + r - d, first)
+    return _distinct(canonical, width + 2)
 
 
 def head_cost(query_contents: int, key_contents: int, pairs: int, d: int, direct: bool) -> float:
@@ -305,6 +365,17 @@ def head_cost(query_contents: int, key_contents: int, pairs: int, d: int, direct
     if direct:
         return pairs * d * 2 * GATHER
     return query_contents * key_contents * (1 + 3 * d * MATMUL)
+
+
+def copier_cost(band: torch.Tensor) -> float:
+    """The copier's work per window: copy weights, softmax, the weighted copy, for every head."""
+    return band.shape[0] * int(band.sum(1).max()) * 4
+
+
+def couple_cost(couples: int, pairs: int, d: int, window: float) -> float:
+    """A coupled head's work: one dot product per couple (the copier on its two windows, at ``window`` each), one
+    gathered value per pair."""
+    return couples * (d * 2 * GATHER + 2 * window) + pairs * GATHER
 
 
 def direct_head(query_contents: int, key_contents: int, pairs: int, d: int) -> bool:

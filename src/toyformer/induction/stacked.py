@@ -52,7 +52,8 @@ class InductionStep:
                 "a stacked ensemble of induction models needs the grouped path (data.targets = 'last', "
                 "model.path auto or grouped): run the seeds one after another with --sequential"
             )
-        plan = make_plan(tokens, model.band, d.d, d.targets, "grouped")  # the members share it, and its choices
+        # the members share the plan, and its choices
+        plan = make_plan(tokens, model.band, d.d, d.targets, "grouped", patterns=self.cfg.model.equality_kernel)
         # Each member computes its kernel only on its own distinct pairs (a quarter of the union's for E5), padded to
         # the largest member's count. Groups are ordered by (member, pair), so the gather of each group's entry has
         # as gradient a sum over runs of equal entries (segment sums) instead of contended atomic adds.
