@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 from toyformer.random import generator
 from toyformer.tasks import validate
+from toyformer.topic import model as topic_model
 from toyformer.topic.config import END, MASK, NUM_SPECIALS, PAD, START, DataConfig, MaskingConfig, num_ids
 from toyformer.topic.experiment import build_model
 from toyformer.topic.lda import id_topics, sample_documents
+from toyformer.topic.losses import model_loss, weighted_positions
 from toyformer.topic.masking import corrupt
 from toyformer.topic.probes import CircuitStructure, attention_class_means
 from toyformer.topic.theory import word_pair_classes
@@ -529,3 +531,41 @@ def test_dev_loss_in_sorted_cut_parts_is_the_loss_of_the_whole_dev_set(recipe, s
         assert cut == padded  # parts cut where documents are padded
         got = probe.measure(x.model)["loss_dev"]
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["C", "D", "multihead-trained"])
+def test_queries_with_one_id_are_computed_once(name, monkeypatch):
+    """A document's queries with one id (an MLM loss's [MASK]ed positions, mostly) have one attention row: computed
+    once per id, the loss, its gradients, the logits and the patterns are those of every query computed. The loss
+    on the weighted positions (padded with each document's first one, counted once) is the loss on all positions."""
+    data = {"doc_len_min": 100, "doc_len_max": 150}
+    ids = sample_documents(DataConfig(**data), 8, generator(7, "one-id-docs")).ids
+    batch = corrupt(ids, MaskingConfig(), 104, generator(7, "one-id-mask"))
+    model = build_model(validate({"model": MODELS[name], "data": data}))
+    _randomise(model, generator(8, name))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    index = weighted_positions(batch.weight)
+    real, calls = topic_model.distinct_ids, []
+
+    def spy(query_ids):
+        calls.append(real(query_ids))
+        return calls[-1]
+
+    def run():
+        loss = model_loss(model, batch, "ce")
+        logits, patterns = model(batch.ids, batch.key_bias, index)
+        return loss, torch.autograd.grad(loss, trained), logits, patterns[-1]
+
+    monkeypatch.setattr("toyformer.topic.model.distinct_ids", spy)
+    once = run()
+    assert len(calls) == 2 and all(back is not None for _, back in calls)  # the loss's and the forward's queries
+    assert all(2 * q.shape[1] <= index.shape[1] for q, _ in calls)
+    monkeypatch.setattr("toyformer.topic.model.distinct_ids", lambda query_ids: (query_ids, None))
+    every = run()
+    torch.testing.assert_close(once[0], every[0], rtol=1e-6, atol=0)
+    for a, b in zip(once[1], every[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(once[2], every[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(once[3], every[3], rtol=1e-5, atol=1e-6)
+    everywhere = torch.arange(ids.shape[1]).expand(len(ids), -1)
+    torch.testing.assert_close(model_loss(model, batch, "ce", everywhere), once[0], rtol=1e-5, atol=0)

@@ -48,17 +48,23 @@ def l2_penalty(params: list[torch.Tensor], lam: float) -> torch.Tensor | float:
 
 
 def weighted_positions(weight: torch.Tensor) -> torch.Tensor:
-    """(B, S): the positions with loss weight first in each row (S = the most in any row), padded with others."""
-    count = int((weight > 0).sum(1).max())
-    return torch.argsort((weight <= 0).to(torch.uint8), dim=1, stable=True)[:, :count]
+    """(B, S): the positions with loss weight first in each row (S = the most in any row), padded with the row's
+    first one (so that a document's queries repeat its ids: ``Attention`` computes one row per id)."""
+    weighted = (weight > 0).sum(1, keepdim=True)
+    count = int(weighted.max())
+    order = torch.argsort((weight <= 0).to(torch.uint8), dim=1, stable=True)[:, :count]
+    return torch.where(torch.arange(count, device=weight.device) < weighted, order, order[:, :1])
 
 
 def model_loss(model, batch: Batch, kind: str, index: torch.Tensor | None = None) -> torch.Tensor:
     """The model's MLM loss on a batch; logits are computed only where the loss reads them (``index``, default
-    ``weighted_positions(batch.weight)``; any superset of the weighted positions gives the same loss)."""
+    ``weighted_positions(batch.weight)``; any superset of the weighted positions gives the same loss, its repeats
+    of a row's first position counted once)."""
     if batch.soft is not None or model.position_independent:
         return mlm_loss(model(batch.ids, batch.key_bias)[0], batch, kind)
     index = weighted_positions(batch.weight) if index is None else index
-    logits, _ = model(batch.ids, batch.key_bias, index)
-    targets = Batch(batch.ids, batch.key_bias, batch.labels.gather(1, index), batch.weight.gather(1, index))
+    logits, _ = model(batch.ids, batch.key_bias, index, False)
+    weight = batch.weight.gather(1, index)
+    weight[:, 1:] *= index[:, 1:] != index[:, :1]
+    targets = Batch(batch.ids, batch.key_bias, batch.labels.gather(1, index), weight)
     return mlm_loss(logits, targets, kind)

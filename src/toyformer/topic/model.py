@@ -84,6 +84,21 @@ class Initializer:
         raise ValueError(how)
 
 
+def distinct_ids(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A document's queries with one id have one attention row (the model has no positions): the distinct ids of
+    each row of ``ids`` (B, Lq), padded to the longest row's count, and each query's place among them; ``ids`` and
+    None where that would not halve the rows (MLM queries: about 19 per document of 125 words, mostly [MASK])."""
+    ordered, order = ids.sort(dim=1)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    rank = new.cumsum(1) - 1
+    width = int(rank[:, -1].max()) + 1
+    if 2 * width > ids.shape[1]:
+        return ids, None
+    distinct = ordered.new_zeros(len(ids), width).scatter_(1, rank, ordered)  # padding: id 0, computed, never read
+    return distinct, torch.empty_like(rank).scatter_(1, order, rank)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, d_model: int, d_head: int, init: Initializer):
         super().__init__()
@@ -215,10 +230,12 @@ class Attention(nn.Module):
         query_index: torch.Tensor | None = None,
         table: torch.Tensor | None = None,
         ids: torch.Tensor | None = None,
+        keep: bool = True,
     ):
         """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
         table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0); x may
-        then be None where ``mixing`` says it is not read."""
+        then be None where ``mixing`` says it is not read. ``keep``: return the pattern (else None where it would
+        cost a pass of its own)."""
         length = ids.shape[1] if x is None else x.shape[1]
         if length == 1:
             key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
@@ -226,10 +243,14 @@ class Attention(nn.Module):
         if query_index is not None and length > 1:
             xq = None if x is None else x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
             qids = None if ids is None else ids.gather(1, query_index)
+        queries, back = self.queries(length, query_index), None
+        if table is not None and length > 1 and not self.uniform and isinstance(self.W_Q, nn.Parameter):
+            qids, back = distinct_ids(qids)  # the queries' rows once per id of a document (not inside vmap)
+            queries = qids.shape[1]
         pattern = self.pattern(xq, x, key_bias, table, ids, qids)
         distinct = None if table is None or length == 1 else self.distinct_values(table)
         rows = None if distinct is None else distinct[0].shape[1]
-        mixing = self.mixing(table, length, self.queries(length, query_index), rows)
+        mixing = self.mixing(table, length, queries, rows)
         if mixing == "histogram" and distinct is not None:  # α scattered onto the C distinct value rows
             values, row_of = distinct
             bins = pattern.new_zeros(*pattern.shape[:-1], rows)
@@ -248,6 +269,10 @@ class Attention(nn.Module):
         else:
             # Mix the inputs first, then project: (α h) W^V costs B·L·d for uniform attention instead of B·L·d².
             z = torch.einsum("bhld,hde->bhle", pattern @ x[:, None], self.W_V)
+        if back is not None:  # each query reads its id's row
+            docs = torch.arange(len(back), device=back.device)[:, None]
+            z = z.transpose(1, 2)[docs, back].transpose(1, 2)
+            pattern = pattern.transpose(1, 2)[docs, back].transpose(1, 2) if keep else None
         z = z + self.b_V[None, :, None, :]
         if self.identity_output:  # W^O = I: the heads' outputs side by side
             return z.transpose(1, 2).flatten(2), pattern
@@ -273,8 +298,10 @@ class Block(nn.Module):
         x = x + update if self.residual else update
         return self.ln[norm](x) if self.ln is not None else x
 
-    def forward(self, x, key_bias, query_index=None, table=None, ids=None) -> tuple[torch.Tensor, torch.Tensor]:
-        update, pattern = self.attn(x, key_bias, query_index, table, ids)
+    def forward(
+        self, x, key_bias, query_index=None, table=None, ids=None, keep=True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        update, pattern = self.attn(x, key_bias, query_index, table, ids, keep)
         if self.residual and query_index is not None and x.shape[1] > 1:
             x = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))
         x = self._add(x, update, 0)
@@ -339,9 +366,14 @@ class TopicTransformer(nn.Module):
         return torch.eye(self.W_E.shape[1], device=self.W_E.device)
 
     def forward(
-        self, ids: torch.Tensor, key_bias: torch.Tensor, query_index: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        key_bias: torch.Tensor,
+        query_index: torch.Tensor | None = None,
+        keep_patterns: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """logits (B, Lq, n_ids) and each layer's pattern (B, H, Lq, L).
+        """logits (B, Lq, n_ids) and each layer's pattern (B, H, Lq, L) (with ``keep_patterns``; else a layer may
+        give None, when the pattern would cost a pass of its own).
 
         ids, key_bias: (B, L); query_index: (B, Lq) the positions whose logits are wanted (default all, Lq = L).
         Lq is 1 when every position has the same output (uniform attention without a residual).
@@ -354,7 +386,9 @@ class TopicTransformer(nn.Module):
         patterns = []
         for k, block in enumerate(self.blocks):
             last = k == len(self.blocks) - 1
-            x, pattern = block(x, key_bias, query_index if last else None, table if k == 0 else None, ids)
+            x, pattern = block(
+                x, key_bias, query_index if last else None, table if k == 0 else None, ids, keep_patterns
+            )
             patterns.append(pattern)
         logits = x if self.decoder == "identity" else x @ self.unembed()
         return logits + self.b_U, patterns
