@@ -569,3 +569,30 @@ def test_queries_with_one_id_are_computed_once(name, monkeypatch):
     torch.testing.assert_close(once[3], every[3], rtol=1e-5, atol=1e-6)
     everywhere = torch.arange(ids.shape[1]).expand(len(ids), -1)
     torch.testing.assert_close(model_loss(model, batch, "ce", everywhere), once[0], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["C", "standard-block-2-layers"])
+def test_attention_classes_read_each_distinct_query_once(name, monkeypatch):
+    """The probe reads each distinct (document, id) of the spread queries once, weighted by how many it stands for:
+    its class means are those of every spread query's row of the model's patterns."""
+    from toyformer.topic.probes import AttentionClasses, distinct_queries, spread_queries
+
+    data = {"doc_len_min": 300, "doc_len_max": 320}
+    docs = sample_documents(DataConfig(**data), 6, generator(11, "distinct-queries"))
+    z = id_topics(DataConfig(**data))
+    model = build_model(validate({"model": MODELS[name], "data": data}))
+    _randomise(model, generator(12, name))
+    probe = AttentionClasses(docs, z)
+    spread = spread_queries(docs.ids)
+    first, many = distinct_queries(docs.ids, spread)
+    assert first.shape[1] * 2 < spread.shape[1] and torch.equal(many.sum(1), torch.full((6,), 256.0, dtype=many.dtype))
+    got = probe.measure(model)
+    monkeypatch.setattr("toyformer.topic.model.distinct_ids", lambda query_ids: (query_ids, None))
+    with torch.no_grad():
+        _, patterns = model(docs.ids, probe.key_bias, spread)
+    last = len(patterns) - 1
+    want = attention_class_means(patterns[-1].mean(1), docs.ids, z, spread)
+    want = {k + (f"_layer{last}" if last else ""): v for k, v in want.items()}
+    assert set(want) <= set(got) and len(want) >= 3
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5), k

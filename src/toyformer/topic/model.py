@@ -84,14 +84,19 @@ class Initializer:
         raise ValueError(how)
 
 
+def id_ranks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row of ``ids`` (B, Lq) sorted, the sorting order, and each sorted entry's rank among its row's ids."""
+    ordered, order = ids.sort(dim=1)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return ordered, order, new.cumsum(1) - 1
+
+
 def distinct_ids(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A document's queries with one id have one attention row (the model has no positions): the distinct ids of
     each row of ``ids`` (B, Lq), padded to the longest row's count, and each query's place among them; ``ids`` and
     None where that would not halve the rows (MLM queries: about 19 per document of 125 words, mostly [MASK])."""
-    ordered, order = ids.sort(dim=1)
-    new = torch.ones_like(ordered, dtype=torch.bool)
-    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    rank = new.cumsum(1) - 1
+    ordered, order, rank = id_ranks(ids)
     width = int(rank[:, -1].max()) + 1
     if 2 * width > ids.shape[1]:
         return ids, None

@@ -20,7 +20,7 @@ from toyformer.topic.batch import Batch
 from toyformer.topic.config import NUM_SPECIALS, PAD
 from toyformer.topic.lda import Documents
 from toyformer.topic.losses import model_loss, weighted_positions
-from toyformer.topic.model import TopicTransformer, param_group
+from toyformer.topic.model import TopicTransformer, id_ranks, param_group
 from toyformer.topic.theory import PairStats, block_effect_of, class_means
 
 
@@ -145,11 +145,19 @@ class TokenPairs:
     ids: (B, L) with PAD after the end; id_topics: (V, T) bool; query_index: (B, Lq) the query positions (default:
     every position). Classes as in ``toyformer.text.pairs`` (``id_pair_labels``), keys as in ``ATTENTION_KEYS``."""
 
-    def __init__(self, ids: torch.Tensor, id_topics: torch.Tensor, query_index: torch.Tensor | None = None):
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        id_topics: torch.Tensor,
+        query_index: torch.Tensor | None = None,
+        many: torch.Tensor | None = None,
+    ):
         queries = ids if query_index is None else ids.gather(1, query_index)
         table = id_pair_labels(id_topics.to(ids.device))
         self.labels = table.flatten()[queries[:, :, None] * len(table) + ids[:, None, :]]  # (B, Lq, L) uint8
-        self.counts = torch.bincount(self.labels.flatten(), minlength=len(CLASSES) + 1)
+        self.many = many  # (B, Lq) float64: how many queries each row stands for (default one)
+        weights = None if many is None else many[:, :, None].expand(self.labels.shape).flatten()
+        self.counts = torch.bincount(self.labels.flatten(), weights=weights, minlength=len(CLASSES) + 1)
         self.scale = (ids != PAD).sum(1).double() / 100.0
 
     def means(self, pattern: torch.Tensor, pairs: int = 2**22) -> dict[str, float]:
@@ -160,10 +168,15 @@ class TokenPairs:
         step = max(1, pairs // (rows * n))
         for start in range(0, b, step):
             part = slice(start, start + step)
-            weight = (pattern[part].double() * self.scale[part, None, None]).flatten()
+            scale = (
+                self.scale[part, None, None]
+                if self.many is None
+                else self.many[part, :, None] * self.scale[part, None, None]
+            )
+            weight = (pattern[part].double() * scale).flatten()
             sums += torch.bincount(self.labels[part].flatten(), weights=weight, minlength=len(self.counts))
         return {
-            f"attn_{ATTENTION_KEYS[name]}": float(sums[k]) / int(self.counts[k])
+            f"attn_{ATTENTION_KEYS[name]}": float(sums[k]) / float(self.counts[k])
             for k, name in enumerate(CLASSES)
             if self.counts[k]
         }
@@ -198,28 +211,42 @@ def spread_queries(ids: torch.Tensor, rows: int = QUERY_ROWS) -> torch.Tensor | 
     return torch.where(n >= rows, k * n // rows, k)
 
 
+def distinct_queries(ids: torch.Tensor, query_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model has no positions, so a document's queries with one id have one attention row: one position for each
+    distinct (document, id) among the queries at ``query_index`` (B, Lq) (default: every position), padded with
+    position 0, and how many of the queries it stands for (float64; 0 for the padding)."""
+    positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape) if query_index is None else query_index
+    _, order, rank = id_ranks(ids.gather(1, positions))
+    width = int(rank[:, -1].max()) + 1
+    first = positions.new_zeros(len(ids), width).scatter_(1, rank, positions.gather(1, order))
+    many = torch.zeros(len(ids), width, dtype=torch.float64, device=ids.device)
+    return first, many.scatter_add_(1, rank, torch.ones_like(rank, dtype=torch.float64))
+
+
 class AttentionClasses:
     """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents, read at up to
-    ``QUERY_ROWS`` queries of each (long documents: the L × L patterns would cost more than the run's steps)."""
+    ``QUERY_ROWS`` queries of each (long documents: the L × L patterns would cost more than the run's steps), each
+    distinct (document, id) of them once, weighted by its queries."""
 
     def __init__(self, docs: Documents, id_topics: torch.Tensor):
         self.ids = docs.ids
         self.key_bias = torch.zeros(docs.ids.shape, device=docs.ids.device).masked_fill_(docs.ids == PAD, -torch.inf)
-        self.queries = spread_queries(self.ids)
+        self.queries, self.many = distinct_queries(self.ids, spread_queries(self.ids))
         self.id_topics = id_topics
-        self.pairs: dict[bool, TokenPairs] = {}  # the token pairs of the spread queries' rows and of all rows
+        self.pairs: dict[bool, TokenPairs] = {}  # the token pairs of the distinct queries' rows and of all rows
 
-    def _pairs(self, spread: bool) -> TokenPairs:
-        if spread not in self.pairs:
-            self.pairs[spread] = TokenPairs(self.ids, self.id_topics, self.queries if spread else None)
-        return self.pairs[spread]
+    def _pairs(self, distinct: bool) -> TokenPairs:
+        if distinct not in self.pairs:
+            rows = (self.queries, self.many) if distinct else (None, None)
+            self.pairs[distinct] = TokenPairs(self.ids, self.id_topics, *rows)
+        return self.pairs[distinct]
 
     def _patterns(self, model: TopicTransformer) -> list[tuple[torch.Tensor, TokenPairs]]:
         """Each layer's pattern (B, H, Lq, L) with the token pairs of its rows. The model computes the asked-for rows
-        (the spread queries) in its last layer only."""
+        (the distinct queries) in its last layer only."""
         _, patterns = model(self.ids, self.key_bias, self.queries)
         last = len(patterns) - 1
-        return [(p, self._pairs(k == last or self.queries is None)) for k, p in enumerate(patterns)]
+        return [(p, self._pairs(k == last)) for k, p in enumerate(patterns)]
 
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
