@@ -535,32 +535,41 @@ def test_dev_loss_in_sorted_cut_parts_is_the_loss_of_the_whole_dev_set(recipe, s
 
 @pytest.mark.parametrize("name", ["C", "D", "multihead-trained"])
 def test_queries_with_one_id_are_computed_once(name, monkeypatch):
-    """A document's queries with one id (an MLM loss's [MASK]ed positions, mostly) have one attention row: computed
-    once per id, the loss, its gradients, the logits and the patterns are those of every query computed. The loss
-    on the weighted positions (padded with each document's first one, counted once) is the loss on all positions."""
-    data = {"doc_len_min": 100, "doc_len_max": 150}
+    """A document's queries with one id (an MLM loss's [MASK]ed positions, mostly) have one attention row, and its
+    keys with one id one term of each softmax: computed once per id (the keys weighted by their count), the loss,
+    its gradients, the logits and the patterns are those of every query and key computed. The loss on the weighted
+    positions (padded with each document's first one, counted once) is the loss on all positions."""
+    data = {"doc_len_min": 300, "doc_len_max": 400}
     ids = sample_documents(DataConfig(**data), 8, generator(7, "one-id-docs")).ids
     batch = corrupt(ids, MaskingConfig(), 104, generator(7, "one-id-mask"))
     model = build_model(validate({"model": MODELS[name], "data": data}))
     _randomise(model, generator(8, name))
     trained = [p for p in model.parameters() if p.requires_grad]
     index = weighted_positions(batch.weight)
-    real, calls = topic_model.distinct_ids, []
+    real, calls = {f: getattr(topic_model, f) for f in ("distinct_ids", "distinct_keys")}, []
 
-    def spy(query_ids):
-        calls.append(real(query_ids))
-        return calls[-1]
+    def spy(f):
+        def call(*args):
+            calls.append((f, real[f](*args)))
+            return calls[-1][1]
+
+        return call
 
     def run():
         loss = model_loss(model, batch, "ce")
         logits, patterns = model(batch.ids, batch.key_bias, index)
         return loss, torch.autograd.grad(loss, trained), logits, patterns[-1]
 
-    monkeypatch.setattr("toyformer.topic.model.distinct_ids", spy)
+    for f in real:
+        monkeypatch.setattr(f"toyformer.topic.model.{f}", spy(f))
     once = run()
-    assert len(calls) == 2 and all(back is not None for _, back in calls)  # the loss's and the forward's queries
-    assert all(2 * q.shape[1] <= index.shape[1] for q, _ in calls)
+    # the loss's queries and keys, the forward's queries (it keeps its pattern: every key)
+    assert [f for f, _ in calls] == ["distinct_ids", "distinct_keys", "distinct_ids"]
+    queries, keys = [out for f, out in calls if f == "distinct_ids"], calls[1][1]
+    assert all(back is not None and 2 * q.shape[1] <= index.shape[1] for q, back in queries)
+    assert keys is not None and 2 * keys[0].shape[1] <= ids.shape[1]
     monkeypatch.setattr("toyformer.topic.model.distinct_ids", lambda query_ids: (query_ids, None))
+    monkeypatch.setattr("toyformer.topic.model.distinct_keys", lambda *args: None)
     every = run()
     torch.testing.assert_close(once[0], every[0], rtol=1e-6, atol=0)
     for a, b in zip(once[1], every[1], strict=True):

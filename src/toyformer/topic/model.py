@@ -84,6 +84,22 @@ class Initializer:
         raise ValueError(how)
 
 
+def distinct_keys(ids: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A document's keys with one id and one bias add one term to every softmax: where every key's bias is 0 or
+    −∞ (an MLM batch), each document's distinct ids among its keys (B, K), padded, and the log of their counts as
+    their bias (−∞ for the padding); None where that would not halve the keys."""
+    valid = torch.isfinite(key_bias)
+    if not bool((key_bias.masked_fill(~valid, 0.0) == 0).all()):
+        return None
+    ordered, _, rank = id_ranks(ids.masked_fill(~valid, -1))
+    width = int(rank[:, -1].max()) + 1
+    if 2 * width > ids.shape[1]:
+        return None
+    keys = ordered.new_full((len(ids), width), -1).scatter_(1, rank, ordered)
+    count = key_bias.new_zeros(len(ids), width).scatter_add_(1, rank, torch.ones_like(key_bias))
+    return keys.clamp_min(0), count.log().masked_fill(keys < 0, -torch.inf)
+
+
 def id_ranks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row of ``ids`` (B, Lq) sorted, the sorting order, and each sorted entry's rank among its row's ids."""
     ordered, order = ids.sort(dim=1)
@@ -239,8 +255,8 @@ class Attention(nn.Module):
     ):
         """x: (B, L, d_model); query_index: (B, Lq) positions whose outputs are wanted (default: all);
         table, ids: the embedding table and the token ids when x = table[ids] (the fast path of layer 0); x may
-        then be None where ``mixing`` says it is not read. ``keep``: return the pattern (else None where it would
-        cost a pass of its own)."""
+        then be None where ``mixing`` says it is not read. ``keep``: return the pattern (else None, and the keys
+        may be taken once per id)."""
         length = ids.shape[1] if x is None else x.shape[1]
         if length == 1:
             key_bias, table = torch.zeros_like(key_bias[:, :1]), None  # all keys equal: one key with weight one
@@ -252,6 +268,10 @@ class Attention(nn.Module):
         if table is not None and length > 1 and not self.uniform and isinstance(self.W_Q, nn.Parameter):
             qids, back = distinct_ids(qids)  # the queries' rows once per id of a document (not inside vmap)
             queries = qids.shape[1]
+            keys = None if keep else distinct_keys(ids, key_bias)
+            if keys is not None:  # and the keys once per id, weighted by their count (the pattern is not kept)
+                ids, key_bias = keys
+                length, x = ids.shape[1], None if x is None else F.embedding(ids, table)
         pattern = self.pattern(xq, x, key_bias, table, ids, qids)
         distinct = None if table is None or length == 1 else self.distinct_values(table)
         rows = None if distinct is None else distinct[0].shape[1]
@@ -277,7 +297,9 @@ class Attention(nn.Module):
         if back is not None:  # each query reads its id's row
             docs = torch.arange(len(back), device=back.device)[:, None]
             z = z.transpose(1, 2)[docs, back].transpose(1, 2)
-            pattern = pattern.transpose(1, 2)[docs, back].transpose(1, 2) if keep else None
+            if keep:
+                pattern = pattern.transpose(1, 2)[docs, back].transpose(1, 2)
+        pattern = pattern if keep else None
         z = z + self.b_V[None, :, None, :]
         if self.identity_output:  # W^O = I: the heads' outputs side by side
             return z.transpose(1, 2).flatten(2), pattern
@@ -377,8 +399,8 @@ class TopicTransformer(nn.Module):
         query_index: torch.Tensor | None = None,
         keep_patterns: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """logits (B, Lq, n_ids) and each layer's pattern (B, H, Lq, L) (with ``keep_patterns``; else a layer may
-        give None, when the pattern would cost a pass of its own).
+        """logits (B, Lq, n_ids) and each layer's pattern (B, H, Lq, L) (with ``keep_patterns``; else None: the
+        loss reads none).
 
         ids, key_bias: (B, L); query_index: (B, Lq) the positions whose logits are wanted (default all, Lq = L).
         Lq is 1 when every position has the same output (uniform attention without a residual).
