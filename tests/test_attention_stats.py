@@ -95,19 +95,13 @@ def test_attention_class_means_brute_force(overlapping_topics, rows):
         assert got[k] == pytest.approx(expected[k], rel=1e-5), k
 
 
-def test_class_means_at_spread_queries_are_those_rows_brute_force(overlapping_topics):
-    """Long documents are read at evenly spaced query positions: distinct, valid, every position of a short
-    document; the class means over those rows equal the brute force over the same rows."""
-    from toyformer.topic.probes import spread_queries
-
+def test_class_means_at_some_queries_are_those_rows_brute_force(overlapping_topics):
+    """Class means over the rows of some query positions equal the brute force over the same rows, and differ from
+    the all-rows statistic."""
     z = overlapping_topics
     ids = _random_documents(generator(9, "attn-rows"), z, b=4, length=30)
-    assert spread_queries(ids, 30) is None  # every document fits: all rows
-    rows = spread_queries(ids, 8)
-    n = (ids != PAD).sum(1)
-    for d in range(len(ids)):
-        picked = rows[d][rows[d] < n[d]]
-        assert len(set(picked.tolist())) == min(8, int(n[d])) and (ids[d, picked] != PAD).all()
+    n = (ids != PAD).sum(1, keepdim=True)
+    rows = torch.arange(8)[None, :] * n // 8  # evenly spaced over each document's tokens
     scores = torch.randn(4, 30, 30, generator=generator(10, "attn-rows")).masked_fill(ids[:, None, :] == PAD, -1e9)
     pattern = torch.softmax(scores, -1).gather(1, rows[:, :, None].expand(-1, -1, 30))
     got = attention_class_means(pattern, ids, z, rows)
@@ -580,11 +574,12 @@ def test_queries_with_one_id_are_computed_once(name, monkeypatch):
     torch.testing.assert_close(model_loss(model, batch, "ce", everywhere), once[0], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("name", ["C", "standard-block-2-layers"])
-def test_attention_classes_read_each_distinct_query_once(name, monkeypatch):
-    """The probe reads each distinct (document, id) of the spread queries once, weighted by how many it stands for:
-    its class means are those of every spread query's row of the model's patterns."""
-    from toyformer.topic.probes import AttentionClasses, distinct_queries, spread_queries
+@pytest.mark.parametrize("name", ["C", "standard-block-2-layers", "B-2-layers", "A"])
+def test_attention_classes_on_compressed_documents_are_those_of_the_whole_documents(name):
+    """The probe reads each document compressed to its distinct ids, each a row weighted by its tokens and a key
+    with the log of their count as its bias: its class means (every layer's) are those of the whole documents'
+    patterns, every query and key."""
+    from toyformer.topic.probes import AttentionClasses, compressed
 
     data = {"doc_len_min": 300, "doc_len_max": 320}
     docs = sample_documents(DataConfig(**data), 6, generator(11, "distinct-queries"))
@@ -592,16 +587,17 @@ def test_attention_classes_read_each_distinct_query_once(name, monkeypatch):
     model = build_model(validate({"model": MODELS[name], "data": data}))
     _randomise(model, generator(12, name))
     probe = AttentionClasses(docs, z)
-    spread = spread_queries(docs.ids)
-    first, many = distinct_queries(docs.ids, spread)
-    assert first.shape[1] * 2 < spread.shape[1] and torch.equal(many.sum(1), torch.full((6,), 256.0, dtype=many.dtype))
+    distinct, counts = compressed(docs.ids)
+    assert distinct.shape[1] * 2 < docs.ids.shape[1]
+    assert torch.equal(counts.sum(1), (docs.ids != PAD).sum(1).double())
     got = probe.measure(model)
-    monkeypatch.setattr("toyformer.topic.model.distinct_ids", lambda query_ids: (query_ids, None))
     with torch.no_grad():
-        _, patterns = model(docs.ids, probe.key_bias, spread)
-    last = len(patterns) - 1
-    want = attention_class_means(patterns[-1].mean(1), docs.ids, z, spread)
-    want = {k + (f"_layer{last}" if last else ""): v for k, v in want.items()}
-    assert set(want) <= set(got) and len(want) >= 3
+        _, patterns = model(docs.ids, probe.key_bias)
+    want = {}
+    for layer, pattern in enumerate(patterns):
+        pattern = pattern.mean(1).expand(-1, docs.ids.shape[1], docs.ids.shape[1])
+        means = attention_class_means(pattern, docs.ids, z)
+        want |= {k + (f"_layer{layer}" if layer else ""): v for k, v in means.items()}
+    assert set(want) == set(got) and len(want) >= 3
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-5), k

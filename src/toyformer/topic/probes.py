@@ -143,36 +143,38 @@ class TokenPairs:
     class means are one weighted count over it (in float64, at most ``pairs`` pairs at a time).
 
     ids: (B, L) with PAD after the end; id_topics: (V, T) bool; query_index: (B, Lq) the query positions (default:
-    every position). Classes as in ``toyformer.text.pairs`` (``id_pair_labels``), keys as in ``ATTENTION_KEYS``."""
+    every position). Classes as in ``toyformer.text.pairs`` (``id_pair_labels``), keys as in ``ATTENTION_KEYS``.
+    A document given as its distinct ids (``compressed``) has ``counts`` (B, L), the tokens each id stands for, as
+    the weight of its rows and columns; its patterns' columns are then sums over each id's keys."""
 
     def __init__(
         self,
         ids: torch.Tensor,
         id_topics: torch.Tensor,
         query_index: torch.Tensor | None = None,
-        many: torch.Tensor | None = None,
+        counts: torch.Tensor | None = None,
     ):
         queries = ids if query_index is None else ids.gather(1, query_index)
         table = id_pair_labels(id_topics.to(ids.device))
         self.labels = table.flatten()[queries[:, :, None] * len(table) + ids[:, None, :]]  # (B, Lq, L) uint8
-        self.many = many  # (B, Lq) float64: how many queries each row stands for (default one)
-        weights = None if many is None else many[:, :, None].expand(self.labels.shape).flatten()
+        self.tokens = counts  # (B, L) float64: the tokens each column (and row) stands for (default one)
+        weights = None if counts is None else (counts[:, :, None] * counts[:, None, :]).flatten()
         self.counts = torch.bincount(self.labels.flatten(), weights=weights, minlength=len(CLASSES) + 1)
-        self.scale = (ids != PAD).sum(1).double() / 100.0
+        self.scale = ((ids != PAD).sum(1).double() if counts is None else counts.sum(1)) / 100.0
 
     def means(self, pattern: torch.Tensor, pairs: int = 2**22) -> dict[str, float]:
         """pattern: (B, Lq, L), or Lq = 1 (every query alike) → ``attn_<class>`` means."""
         b, rows, n = self.labels.shape
+        if self.tokens is not None and pattern.shape[-1] == 1 < n:  # one position standing for all, weight one
+            pattern = self.tokens[:, None, :]
         pattern = pattern.expand(b, rows, n)
         sums = torch.zeros(len(self.counts), dtype=torch.float64, device=pattern.device)
         step = max(1, pairs // (rows * n))
         for start in range(0, b, step):
             part = slice(start, start + step)
-            scale = (
-                self.scale[part, None, None]
-                if self.many is None
-                else self.many[part, :, None] * self.scale[part, None, None]
-            )
+            scale = self.scale[part, None, None]
+            if self.tokens is not None:
+                scale = scale * self.tokens[part, :, None]
             weight = (pattern[part].double() * scale).flatten()
             sums += torch.bincount(self.labels[part].flatten(), weights=weight, minlength=len(self.counts))
         return {
@@ -197,74 +199,51 @@ def attention_class_means(
     return TokenPairs(ids, id_topics, query_index).means(pattern)
 
 
-QUERY_ROWS = 256  # attention statistics read at most this many query positions of a document, evenly spaced
-
-
-def spread_queries(ids: torch.Tensor, rows: int = QUERY_ROWS) -> torch.Tensor | None:
-    """(B, rows) query positions: every position of a document of at most ``rows`` tokens (the rest PAD, which the
-    statistics leave out), else ``rows`` evenly spaced over its tokens; None where every document fits. The model
-    has no positions, so a document's queries are exchangeable and evenly spaced ones estimate its whole matrix."""
-    if ids.shape[1] <= rows:
-        return None
-    n = (ids != PAD).sum(1, keepdim=True)
-    k = torch.arange(rows, device=ids.device)[None, :]
-    return torch.where(n >= rows, k * n // rows, k)
-
-
-def distinct_queries(ids: torch.Tensor, query_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model has no positions, so a document's queries with one id have one attention row: one position for each
-    distinct (document, id) among the queries at ``query_index`` (B, Lq) (default: every position), padded with
-    position 0, and how many of the queries it stands for (float64; 0 for the padding)."""
-    positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape) if query_index is None else query_index
-    _, order, rank = id_ranks(ids.gather(1, positions))
+def compressed(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each document (B, L) as its distinct ids, padded with PAD, and the tokens each stands for (float64; 0 for the
+    padding). The model has no positions: a document's tokens with one id have one attention row, and as keys they
+    add one term to every softmax, which the compressed document carries as the log of their count in its key bias."""
+    ordered, _, rank = id_ranks(ids.masked_fill(ids == PAD, -1))
     width = int(rank[:, -1].max()) + 1
-    first = positions.new_zeros(len(ids), width).scatter_(1, rank, positions.gather(1, order))
-    many = torch.zeros(len(ids), width, dtype=torch.float64, device=ids.device)
-    return first, many.scatter_add_(1, rank, torch.ones_like(rank, dtype=torch.float64))
+    distinct = ordered.new_full((len(ids), width), -1).scatter_(1, rank, ordered)
+    counts = torch.zeros(len(ids), width, dtype=torch.float64, device=ids.device)
+    counts = counts.scatter_add_(1, rank, torch.ones_like(rank, dtype=torch.float64)).masked_fill(distinct < 0, 0.0)
+    return distinct.masked_fill(distinct < 0, PAD), counts
 
 
 class AttentionClasses:
-    """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents, read at up to
-    ``QUERY_ROWS`` queries of each (long documents: the L × L patterns would cost more than the run's steps), each
-    distinct (document, id) of them once, weighted by its queries."""
+    """Attention class means of layer 0 (averaged over heads) on uncorrupted dev documents, over every (query, key)
+    pair of each, computed on the documents compressed to their distinct ids (``compressed``): at 100 ids, documents
+    of 500–1,000 words become ~100 rows and columns."""
 
     def __init__(self, docs: Documents, id_topics: torch.Tensor):
         self.ids = docs.ids
         self.key_bias = torch.zeros(docs.ids.shape, device=docs.ids.device).masked_fill_(docs.ids == PAD, -torch.inf)
-        self.queries, self.many = distinct_queries(self.ids, spread_queries(self.ids))
-        self.id_topics = id_topics
-        self.pairs: dict[bool, TokenPairs] = {}  # the token pairs of the distinct queries' rows and of all rows
+        self.distinct, counts = compressed(self.ids)
+        self.distinct_bias = counts.log().float()  # log 0 = −∞: the padding is no key
+        self.pairs = TokenPairs(self.distinct, id_topics, counts=counts)
 
-    def _pairs(self, distinct: bool) -> TokenPairs:
-        if distinct not in self.pairs:
-            rows = (self.queries, self.many) if distinct else (None, None)
-            self.pairs[distinct] = TokenPairs(self.ids, self.id_topics, *rows)
-        return self.pairs[distinct]
-
-    def _patterns(self, model: TopicTransformer) -> list[tuple[torch.Tensor, TokenPairs]]:
-        """Each layer's pattern (B, H, Lq, L) with the token pairs of its rows. The model computes the asked-for rows
-        (the distinct queries) in its last layer only."""
-        _, patterns = model(self.ids, self.key_bias, self.queries)
-        last = len(patterns) - 1
-        return [(p, self._pairs(k == last)) for k, p in enumerate(patterns)]
+    def _patterns(self, model: TopicTransformer) -> list[torch.Tensor]:
+        """Each layer's pattern (B, H, K, K) on the compressed documents."""
+        return model(self.distinct, self.distinct_bias)[1]
 
     @torch.no_grad()
     def measure(self, model: TopicTransformer) -> dict[str, float]:
         out = {}
-        for layer, (pattern, pairs) in enumerate(self._patterns(model)):
+        for layer, pattern in enumerate(self._patterns(model)):
             suffix = f"_layer{layer}" if layer else ""
             heads = pattern[:, 0] if pattern.shape[1] == 1 else pattern.mean(1)  # one head: no copy
-            out |= {k + suffix: v for k, v in pairs.means(heads).items()}
+            out |= {k + suffix: v for k, v in self.pairs.means(heads).items()}
         return out
 
     @torch.no_grad()
     def head_gap(self, model: TopicTransformer) -> dict[str, list[float]]:
         """Layer → per-head same-topic minus different-topic attention (the summary's attn_head_gap)."""
         out = {}
-        for layer, (pattern, pairs) in enumerate(self._patterns(model)):
+        for layer, pattern in enumerate(self._patterns(model)):
             gaps = []
             for head in range(pattern.shape[1]):
-                m = pairs.means(pattern[:, head])
+                m = self.pairs.means(pattern[:, head])
                 gaps.append(m.get("attn_same_topic", float("nan")) - m.get("attn_diff_topic", float("nan")))
             out[str(layer)] = gaps
         return out
