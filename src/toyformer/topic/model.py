@@ -91,13 +91,10 @@ def distinct_keys(ids: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tens
     valid = torch.isfinite(key_bias)
     if not bool((key_bias.masked_fill(~valid, 0.0) == 0).all()):
         return None
-    ordered, _, rank = id_ranks(ids.masked_fill(~valid, -1))
-    width = int(rank[:, -1].max()) + 1
-    if 2 * width > ids.shape[1]:
+    keys, counts = id_counts(ids.masked_fill(~valid, -1))
+    if 2 * keys.shape[1] > ids.shape[1]:
         return None
-    keys = ordered.new_full((len(ids), width), -1).scatter_(1, rank, ordered)
-    count = key_bias.new_zeros(len(ids), width).scatter_add_(1, rank, torch.ones_like(key_bias))
-    return keys.clamp_min(0), count.log().masked_fill(keys < 0, -torch.inf)
+    return keys.clamp_min(0), counts.log().to(key_bias.dtype).masked_fill(keys < 0, -torch.inf)
 
 
 def id_ranks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,6 +103,16 @@ def id_ranks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     new = torch.ones_like(ordered, dtype=torch.bool)
     new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     return ordered, order, new.cumsum(1) - 1
+
+
+def id_counts(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's distinct values of ``ids`` (B, L) ≥ −1, padded with −1 to the most in any row, and how often each
+    occurs (float64; 0 for the padding)."""
+    ordered, _, rank = id_ranks(ids)
+    width = int(rank[:, -1].max()) + 1
+    distinct = ordered.new_full((len(ids), width), -1).scatter_(1, rank, ordered)
+    counts = torch.zeros(len(ids), width, dtype=torch.float64, device=ids.device)
+    return distinct, counts.scatter_add_(1, rank, torch.ones_like(rank, dtype=torch.float64))
 
 
 def distinct_ids(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -20,7 +20,7 @@ from toyformer.topic.batch import Batch
 from toyformer.topic.config import NUM_SPECIALS, PAD
 from toyformer.topic.lda import Documents
 from toyformer.topic.losses import model_loss, weighted_positions
-from toyformer.topic.model import TopicTransformer, id_ranks, param_group
+from toyformer.topic.model import TopicTransformer, id_counts, id_ranks, param_group
 from toyformer.topic.theory import PairStats, block_effect_of, class_means
 
 
@@ -203,12 +203,8 @@ def compressed(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each document (B, L) as its distinct ids, padded with PAD, and the tokens each stands for (float64; 0 for the
     padding). The model has no positions: a document's tokens with one id have one attention row, and as keys they
     add one term to every softmax, which the compressed document carries as the log of their count in its key bias."""
-    ordered, _, rank = id_ranks(ids.masked_fill(ids == PAD, -1))
-    width = int(rank[:, -1].max()) + 1
-    distinct = ordered.new_full((len(ids), width), -1).scatter_(1, rank, ordered)
-    counts = torch.zeros(len(ids), width, dtype=torch.float64, device=ids.device)
-    counts = counts.scatter_add_(1, rank, torch.ones_like(rank, dtype=torch.float64)).masked_fill(distinct < 0, 0.0)
-    return distinct.masked_fill(distinct < 0, PAD), counts
+    distinct, counts = id_counts(ids.masked_fill(ids == PAD, -1))
+    return distinct.masked_fill(distinct < 0, PAD), counts.masked_fill(distinct < 0, 0.0)
 
 
 class AttentionClasses:
